@@ -1,0 +1,112 @@
+"""The one error hierarchy of esflow.
+
+Every failure that esflow expects (a server that does not answer, a port already taken, a topic whose
+partition count would change) is an :class:`EsflowError`. Driver exceptions (confluent-kafka, psycopg,
+SQLAlchemy) are translated at the edge with :func:`translate` so callers never catch driver types.
+This module imports no driver: translation looks at the exception's module, which keeps
+``esflow.domain`` free to import it.
+"""
+
+from __future__ import annotations
+
+
+class EsflowError(Exception):
+    """Root of every error esflow raises on purpose.
+
+    ``hint`` tells the user what to do about it; the CLI prints ``message`` and ``hint`` on one line
+    and exits non-zero, with no stack trace.
+    """
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def one_line(self) -> str:
+        """The message and hint as the single line the CLI prints."""
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class ConfigError(EsflowError):
+    """A setting is missing, malformed or contradicts another one."""
+
+
+class StackError(EsflowError):
+    """The local stack cannot be installed, started, stopped or inspected."""
+
+
+class PrerequisiteMissing(StackError):
+    """A program the stack needs (java, mvn, initdb, pg_ctl) is not installed."""
+
+
+class PortInUse(StackError):
+    """A port the stack wants is taken by a process the stack did not start."""
+
+
+class DownloadFailed(StackError):
+    """Resolving the Kafka broker jars from Maven Central failed."""
+
+
+class CorruptStackDir(StackError):
+    """The stack directory is half-initialised (an interrupted format or initdb)."""
+
+
+class BrokerUnavailable(EsflowError):
+    """Kafka did not answer in time."""
+
+
+class DatabaseUnavailable(EsflowError):
+    """PostgreSQL did not answer in time."""
+
+
+class TopicError(EsflowError):
+    """A topic cannot be created or changed as the catalogue asks."""
+
+
+class PartitionChangeRefused(TopicError):
+    """The catalogue asks for a different partition count on an existing topic.
+
+    Changing it would move keys to other partitions and break per-aggregate ordering, so esflow never
+    does it silently.
+    """
+
+
+class KafkaOperationError(EsflowError):
+    """A Kafka client call failed for a reason that is not an outage."""
+
+
+class DatabaseError(EsflowError):
+    """A database call failed for a reason that is not an outage."""
+
+
+def translate(exc: BaseException, *, context: str = "") -> EsflowError:
+    """Map a driver exception to the matching :class:`EsflowError`.
+
+    An exception that already is an :class:`EsflowError` is returned unchanged. ``context`` names the
+    operation ("listing topics", "connecting to postgres") so the message says what was being done.
+    """
+    if isinstance(exc, EsflowError):
+        return exc
+    module = type(exc).__module__ or ""
+    prefix = f"{context}: " if context else ""
+    if module.startswith("confluent_kafka") or module.startswith("aiokafka"):
+        text = str(exc)
+        if any(s in text for s in ("_TRANSPORT", "_ALL_BROKERS_DOWN", "_TIMED_OUT", "Timed out")):
+            return BrokerUnavailable(
+                f"{prefix}Kafka is not reachable ({text})",
+                hint="is the broker up? try `esflow stack status`",
+            )
+        return KafkaOperationError(f"{prefix}{text}")
+    if module.startswith("psycopg") or module.startswith("sqlalchemy"):
+        name = type(exc).__name__
+        orig = getattr(exc, "orig", None)
+        detail = str(orig if orig is not None else exc).strip().splitlines()[0] if str(exc) else name
+        if name == "OperationalError" or type(orig).__name__ == "OperationalError":
+            return DatabaseUnavailable(
+                f"{prefix}PostgreSQL is not reachable ({detail})",
+                hint="is the database up? try `esflow stack status`",
+            )
+        return DatabaseError(f"{prefix}{detail}")
+    return EsflowError(f"{prefix}{type(exc).__name__}: {exc}")

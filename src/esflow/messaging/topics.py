@@ -1,0 +1,217 @@
+"""The topic catalogue: every topic esflow uses, declared once, applied idempotently.
+
+`esflow topics apply` creates missing topics and brings the managed configs (retention, cleanup
+policy) of existing ones in line. It refuses to change a partition count: Kafka can only add
+partitions, and adding them moves keys to other partitions, which breaks per-aggregate ordering and
+the co-partitioning of command and event topics. That needs a migration, not a flag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
+
+from esflow.errors import PartitionChangeRefused, TopicError, translate
+from esflow.settings import TopicSettings
+
+AGGREGATES: tuple[str, ...] = ("product", "order", "account")
+
+DAY_MS = 24 * 60 * 60 * 1000
+INFINITE = -1
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic as the catalogue wants it."""
+
+    name: str
+    partitions: int
+    retention_ms: int = INFINITE
+    compacted: bool = False
+    purpose: str = ""
+    extra_config: Mapping[str, str] = field(default_factory=dict)
+
+    def config(self) -> dict[str, str]:
+        """The topic-level configs esflow manages for this topic."""
+        cfg = {
+            "cleanup.policy": "compact" if self.compacted else "delete",
+            "retention.ms": str(self.retention_ms),
+        }
+        cfg.update(self.extra_config)
+        return cfg
+
+
+def catalogue(settings: TopicSettings | None = None) -> list[TopicSpec]:
+    """The topics of the reference domain, named with the configured prefix."""
+    s = settings or TopicSettings()
+    p = s.prefix
+    n = s.partitions
+    specs: list[TopicSpec] = []
+    for agg in AGGREGATES:
+        # Command and event topics of one aggregate are co-partitioned: same count, same key.
+        specs.append(TopicSpec(f"{p}commands.{agg}", n, 7 * DAY_MS, purpose=f"{agg} commands"))
+        specs.append(
+            TopicSpec(f"{p}events.{agg}", n, INFINITE, purpose=f"{agg} events, the log of record")
+        )
+        specs.append(
+            TopicSpec(
+                f"{p}snapshots.{agg}",
+                n,
+                INFINITE,
+                compacted=True,
+                purpose=f"latest {agg} state per aggregate (processor restore)",
+                extra_config={"min.cleanable.dirty.ratio": "0.1", "segment.ms": str(DAY_MS)},
+            )
+        )
+    specs.append(
+        TopicSpec(
+            f"{p}command-results",
+            n,
+            INFINITE,
+            compacted=True,
+            purpose="the answer to every command, keyed by command id",
+            extra_config={"segment.ms": str(DAY_MS)},
+        )
+    )
+    specs.append(
+        TopicSpec(f"{p}commands.dead-letter", 1, 30 * DAY_MS, purpose="undecodable or unknown commands")
+    )
+    return specs
+
+
+@dataclass
+class TopicPlan:
+    """What `apply` does (or, with dry_run, would do)."""
+
+    create: list[TopicSpec] = field(default_factory=list)
+    alter: dict[str, dict[str, tuple[str | None, str]]] = field(default_factory=dict)
+    unchanged: list[str] = field(default_factory=list)
+    partition_conflicts: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        """Human-readable summary, one line per topic touched."""
+        out = [f"create {t.name} ({t.partitions} partitions, {t.config()})" for t in self.create]
+        for name, changes in self.alter.items():
+            diff = ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in changes.items())
+            out.append(f"alter  {name} ({diff})")
+        out.extend(f"ok     {name}" for name in self.unchanged)
+        return out
+
+
+def _existing_partitions(admin: AdminClient, names: Iterable[str], timeout_s: float) -> dict[str, int]:
+    md = admin.list_topics(timeout=timeout_s)
+    wanted = set(names)
+    return {name: len(t.partitions) for name, t in md.topics.items() if name in wanted}
+
+
+def _current_configs(
+    admin: AdminClient, names: Sequence[str], timeout_s: float
+) -> dict[str, dict[str, str | None]]:
+    if not names:
+        return {}
+    futures = admin.describe_configs(
+        [ConfigResource(ResourceType.TOPIC, n) for n in names], request_timeout=timeout_s
+    )
+    out: dict[str, dict[str, str | None]] = {}
+    for resource, fut in futures.items():
+        entries: dict[str, ConfigEntry] = fut.result()
+        out[resource.name] = {k: e.value for k, e in entries.items()}
+    return out
+
+
+def plan(admin: AdminClient, specs: Sequence[TopicSpec], *, timeout_s: float = 15) -> TopicPlan:
+    """Compare the catalogue with the cluster."""
+    try:
+        existing = _existing_partitions(admin, (s.name for s in specs), timeout_s)
+        current = _current_configs(admin, [s.name for s in specs if s.name in existing], timeout_s)
+    except KafkaException as exc:
+        raise translate(exc, context="reading topic metadata") from exc
+    result = TopicPlan()
+    for spec in specs:
+        if spec.name not in existing:
+            result.create.append(spec)
+            continue
+        if existing[spec.name] != spec.partitions:
+            result.partition_conflicts[spec.name] = (existing[spec.name], spec.partitions)
+            continue
+        have = current.get(spec.name, {})
+        changes = {k: (have.get(k), v) for k, v in spec.config().items() if have.get(k) != v}
+        if changes:
+            result.alter[spec.name] = changes
+        else:
+            result.unchanged.append(spec.name)
+    return result
+
+
+def apply(
+    admin: AdminClient,
+    specs: Sequence[TopicSpec],
+    *,
+    replication_factor: int = 1,
+    dry_run: bool = False,
+    timeout_s: float = 30,
+) -> TopicPlan:
+    """Create missing topics and align managed configs; refuse partition-count changes.
+
+    Nothing is changed when any topic's partition count differs: the whole apply is refused, so the
+    cluster is never left half-migrated.
+    """
+    result = plan(admin, specs, timeout_s=timeout_s)
+    if result.partition_conflicts:
+        detail = "; ".join(
+            f"{name} has {have} partitions, the catalogue says {want}"
+            for name, (have, want) in sorted(result.partition_conflicts.items())
+        )
+        raise PartitionChangeRefused(
+            f"refusing to change partition counts ({detail})",
+            hint="changing partitions re-keys aggregates; migrate to a new topic instead",
+        )
+    if dry_run:
+        return result
+    try:
+        if result.create:
+            futures = admin.create_topics(
+                [
+                    NewTopic(t.name, num_partitions=t.partitions, replication_factor=replication_factor,
+                             config=t.config())
+                    for t in result.create
+                ],
+                request_timeout=timeout_s,
+            )  # fmt: skip
+            for name, fut in futures.items():
+                try:
+                    fut.result()
+                except KafkaException as exc:
+                    # Another `apply` won the race: the topic exists, which is what we wanted.
+                    if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                        raise TopicError(f"could not create topic {name}: {exc.args[0].str()}") from exc
+        if result.alter:
+            resources = [
+                ConfigResource(
+                    ResourceType.TOPIC,
+                    name,
+                    incremental_configs=[
+                        ConfigEntry(k, new, incremental_operation=AlterConfigOpType.SET)
+                        for k, (_old, new) in changes.items()
+                    ],
+                )
+                for name, changes in result.alter.items()
+            ]
+            for resource, fut in admin.incremental_alter_configs(resources).items():
+                try:
+                    fut.result()
+                except KafkaException as exc:
+                    raise TopicError(f"could not alter topic {resource.name}: {exc.args[0].str()}") from exc
+    except KafkaException as exc:
+        raise translate(exc, context="applying the topic catalogue") from exc
+    return result

@@ -1,0 +1,120 @@
+"""Settings, one object per concern, read from ``ESFLOW_*`` environment variables.
+
+Nothing else in esflow reads ``os.environ``: components receive the settings object they need, which
+keeps tests free to run several stacks side by side with different ports and directories.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_stack_dir() -> Path:
+    return Path.home() / ".local" / "share" / "esflow" / "stack"
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "esflow"
+
+
+class StackSettings(BaseSettings):
+    """Where the local stack keeps its data and which programs it runs."""
+
+    model_config = SettingsConfigDict(env_prefix="ESFLOW_", extra="ignore")
+
+    stack_dir: Path = Field(default_factory=_default_stack_dir, description="Data, logs and pid files.")
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir, description="Downloads kept between runs (Kafka jars)."
+    )
+    java: str = Field("java", description="The java executable that runs the broker.")
+    mvn: str = Field("mvn", description="The Maven executable that resolves the broker jars.")
+    pg_bin_dir: Path = Field(
+        Path("/usr/lib/postgresql/15/bin"), description="Directory holding initdb, pg_ctl and postgres."
+    )
+    start_timeout_s: float = Field(120.0, gt=0, description="How long `stack up` waits for each server.")
+
+
+class KafkaSettings(BaseSettings):
+    """The Kafka broker: where clients find it and how the local one is run."""
+
+    model_config = SettingsConfigDict(env_prefix="ESFLOW_KAFKA_", extra="ignore")
+
+    version: str = Field("4.3.1", description="Apache Kafka version resolved from Maven Central.")
+    host: str = Field("127.0.0.1", description="Interface the local broker listens on.")
+    port: int = Field(9092, ge=1, le=65535, description="Client (PLAINTEXT) port of the local broker.")
+    controller_port: int = Field(9093, ge=1, le=65535, description="KRaft controller port.")
+    bootstrap: str | None = Field(
+        None, description="Bootstrap servers of an existing cluster; defaults to the local broker."
+    )
+    heap_opts: str = Field("-Xms256m -Xmx1g", description="JVM heap flags for the local broker.")
+    log4j_version: str = Field("2.25.4", description="log4j-slf4j-impl version (broker logging).")
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The bootstrap list clients use: the configured one, else the local broker."""
+        return self.bootstrap or f"{self.host}:{self.port}"
+
+
+class PostgresSettings(BaseSettings):
+    """PostgreSQL: where clients find it and how the local one is run."""
+
+    model_config = SettingsConfigDict(env_prefix="ESFLOW_PG_", extra="ignore", populate_by_name=True)
+
+    host: str = Field("127.0.0.1", description="Interface the local server listens on.")
+    port: int = Field(5432, ge=1, le=65535, description="Port of the local server.")
+    database: str = Field("esflow", description="The application database.")
+    user: str = Field("esflow", description="The application role (owns the database).")
+    password: str = Field("esflow", description="The application role's password.")
+    admin_user: str = Field("postgres", description="The cluster's bootstrap superuser.")
+    admin_password: str = Field("postgres", description="The superuser's password (local stack only).")
+    database_url_override: str | None = Field(
+        None,
+        validation_alias=AliasChoices("ESFLOW_DATABASE_URL", "database_url_override"),
+        description="SQLAlchemy URL of an existing database; defaults to the local one.",
+    )
+
+    @property
+    def database_url(self) -> str:
+        """SQLAlchemy + psycopg 3 URL of the application database."""
+        if self.database_url_override:
+            return self.database_url_override
+        return (
+            f"postgresql+psycopg://{self.user}:{self.password}@{self.host}:{self.port}/{self.database}"
+        )
+
+    @property
+    def admin_dsn(self) -> str:
+        """libpq connection string of the superuser on the local server (stack set-up only)."""
+        return (
+            f"host={self.host} port={self.port} dbname=postgres user={self.admin_user} "
+            f"password={self.admin_password} connect_timeout=3"
+        )
+
+
+class TopicSettings(BaseSettings):
+    """How the topic catalogue is laid out on the cluster."""
+
+    model_config = SettingsConfigDict(env_prefix="ESFLOW_TOPIC_", extra="ignore")
+
+    prefix: str = Field("", description="Prepended to every topic name (isolates tests and tenants).")
+    partitions: int = Field(6, ge=1, description="Partitions of the co-partitioned command/event topics.")
+    replication_factor: int = Field(1, ge=1, description="Replication factor of new topics.")
+
+
+class Settings(BaseSettings):
+    """All settings, grouped by concern."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    stack: StackSettings = Field(default_factory=StackSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+
+
+def load_settings() -> Settings:
+    """Read every settings group from the environment."""
+    return Settings()
