@@ -155,7 +155,9 @@ class KafkaServer:
 
     def _java(self) -> str:
         return proc.require_program(
-            self.stack.java, what="Java", install_hint="install a JDK 17+, e.g. `apt-get install openjdk-17-jdk`"
+            self.stack.java,
+            what="Java",
+            install_hint="install a JDK 17+, e.g. `apt-get install openjdk-17-jdk`",
         )
 
     def write_config(self) -> None:
@@ -224,15 +226,20 @@ class KafkaServer:
         """True when `StorageTool format` has completed on the data directory."""
         return self.paths.formatted_marker.exists()
 
-    def format(self) -> None:
-        """Format the KRaft storage once; refuse a data directory left half-formatted."""
-        if self.is_formatted():
-            return
-        if self.paths.data.exists() and any(self.paths.data.iterdir()):
+    def preflight(self) -> None:
+        """Fail before anything starts: no java, or a data directory left half-formatted."""
+        self._java()
+        if not self.is_formatted() and self.paths.data.exists() and any(self.paths.data.iterdir()):
             raise CorruptStackDir(
                 f"Kafka data directory {self.paths.data} exists but was never completely formatted",
                 hint="run `esflow stack reset` to start from an empty stack",
             )
+
+    def format(self) -> None:
+        """Format the KRaft storage once; refuse a data directory left half-formatted."""
+        if self.is_formatted():
+            return
+        self.preflight()
         cluster_id = random_cluster_id()
         proc.run(
             [

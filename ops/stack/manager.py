@@ -81,13 +81,10 @@ class Stack:
         t0 = time.monotonic()
         with self._lock():
             kafka_pid = self.kafka.pid()
+            pg_running = self.postgres.pid() is not None
+            # Every check runs before anything starts, so an expected failure leaves nothing half-up.
             if kafka_pid is None:
-                proc.require_program(
-                    self.settings.java, what="Java", install_hint="install a JDK 17+ (`apt-get install openjdk-17-jdk`)"
-                )
-                t = time.monotonic()
-                self.kafka.jars.ensure()
-                timings["kafka_jars"] = time.monotonic() - t
+                self.kafka.preflight()
                 proc.ensure_ports_free(
                     self.kafka_settings.host,
                     {
@@ -95,28 +92,45 @@ class Stack:
                         "ESFLOW_KAFKA_CONTROLLER_PORT": self.kafka_settings.controller_port,
                     },
                 )
-                self.kafka.write_config()
-                t = time.monotonic()
-                self.kafka.format()
-                timings["kafka_format"] = time.monotonic() - t
-                kafka_pid = self.kafka.start()
-            # Postgres initialises while the JVM boots.
-            t = time.monotonic()
-            if self.postgres.pid() is None:
-                self.postgres.init()
+            if not pg_running:
+                self.postgres.preflight()
                 proc.ensure_ports_free(self.pg_settings.host, {"ESFLOW_PG_PORT": self.pg_settings.port})
-                self.postgres.start(self.settings.start_timeout_s)
-            if not self.postgres.is_initialised():
-                self.postgres.bootstrap()
-            if not proc.wait_until(self.postgres.answers, timeout_s=self.settings.start_timeout_s):
-                raise StackError(
-                    f"PostgreSQL did not answer `SELECT 1` on {self.pg_settings.host}:{self.pg_settings.port}",
-                    hint=f"see {self.postgres.paths.log}",
-                )
-            timings["postgres"] = time.monotonic() - t
-            t = time.monotonic()
-            self.kafka.wait_ready(kafka_pid, self.settings.start_timeout_s)
-            timings["kafka_ready"] = time.monotonic() - t
+            started: list[str] = []
+            try:
+                if kafka_pid is None:
+                    t = time.monotonic()
+                    self.kafka.jars.ensure()
+                    timings["kafka_jars"] = time.monotonic() - t
+                    self.kafka.write_config()
+                    t = time.monotonic()
+                    self.kafka.format()
+                    timings["kafka_format"] = time.monotonic() - t
+                    kafka_pid = self.kafka.start()
+                    started.append("kafka")
+                # Postgres initialises while the JVM boots.
+                t = time.monotonic()
+                if not pg_running:
+                    self.postgres.init()
+                    self.postgres.start(self.settings.start_timeout_s)
+                    started.append("postgres")
+                    self.postgres.bootstrap()
+                if not proc.wait_until(self.postgres.answers, timeout_s=self.settings.start_timeout_s):
+                    where = f"{self.pg_settings.host}:{self.pg_settings.port}"
+                    raise StackError(
+                        f"PostgreSQL did not answer `SELECT 1` on {where}",
+                        hint=f"see {self.postgres.paths.log}",
+                    )
+                timings["postgres"] = time.monotonic() - t
+                t = time.monotonic()
+                self.kafka.wait_ready(kafka_pid, self.settings.start_timeout_s)
+                timings["kafka_ready"] = time.monotonic() - t
+            except BaseException:
+                # Leave the machine as we found it: stop what this call started.
+                if "kafka" in started:
+                    self.kafka.stop()
+                if "postgres" in started:
+                    self.postgres.stop()
+                raise
         timings["total"] = time.monotonic() - t0
         status = self.status()
         status.timings_s = {k: round(v, 2) for k, v in timings.items()}
@@ -131,8 +145,12 @@ class Stack:
         """Probe both servers without changing anything."""
         kpid = self.kafka.pid()
         ppid = self.postgres.pid()
-        kafka = ServerStatus(kpid, kpid is not None and self.kafka.answers(), proc.rss_kib(kpid) if kpid else None)
-        pg = ServerStatus(ppid, ppid is not None and self.postgres.answers(), proc.rss_kib(ppid) if ppid else None)
+        kafka = ServerStatus(
+            kpid, kpid is not None and self.kafka.answers(), proc.rss_kib(kpid) if kpid else None
+        )
+        pg = ServerStatus(
+            ppid, ppid is not None and self.postgres.answers(), proc.rss_kib(ppid) if ppid else None
+        )
         return StackStatus(
             running=kafka.answers and pg.answers,
             kafka_bootstrap=self.kafka.bootstrap,

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from esflow.errors import CorruptStackDir, StackError
+from esflow.errors import CorruptStackDir, PrerequisiteMissing, StackError
 from esflow.settings import PostgresSettings, StackSettings
 from ops.stack import proc
 
@@ -40,7 +40,7 @@ class PostgresPaths:
 
     @property
     def initialised_marker(self) -> Path:
-        """Written only after initdb and the first role/database set-up succeeded."""
+        """Written only after initdb succeeded."""
         return self.root / "initdb.ok"
 
     @property
@@ -65,7 +65,7 @@ class PostgresServer:
     def _bin(self, name: str) -> str:
         path = self.stack.pg_bin_dir / name
         if not os.access(path, os.X_OK):
-            raise proc.PrerequisiteMissing(
+            raise PrerequisiteMissing(
                 f"PostgreSQL's `{name}` was not found in {self.stack.pg_bin_dir}",
                 hint="install PostgreSQL 15 (`apt-get install postgresql-15`) or set ESFLOW_PG_BIN_DIR",
             )
@@ -102,25 +102,31 @@ class PostgresServer:
     def _service_user_can_reach(directory: Path) -> bool:
         try:
             proc.run(["test", "-x", str(directory)], what="probe", user=SERVICE_USER, timeout_s=10)
-        except (StackError, proc.PrerequisiteMissing):
+        except (StackError, PrerequisiteMissing):
             return False
         return True
 
     def is_initialised(self) -> bool:
-        """True when initdb and the role/database set-up completed."""
+        """True when initdb completed."""
         return self.paths.initialised_marker.exists()
+
+    def preflight(self) -> None:
+        """Fail before anything starts: missing binaries or a half-initialised data directory."""
+        self._bin("initdb")
+        self._bin("pg_ctl")
+        if not self.is_initialised() and self.paths.data.exists():
+            raise CorruptStackDir(
+                f"PostgreSQL data directory {self.paths.data} exists but was never completely initialised",
+                hint="run `esflow stack reset` to start from an empty stack",
+            )
 
     def init(self) -> None:
         """Run initdb once; refuse a data directory that an earlier initdb left half-done."""
         if self.is_initialised():
             return
+        self.preflight()
         initdb = self._bin("initdb")
         self._prepare_root()
-        if self.paths.data.exists():
-            raise CorruptStackDir(
-                f"PostgreSQL data directory {self.paths.data} exists but was never completely initialised",
-                hint="run `esflow stack reset` to start from an empty stack",
-            )
         pwfile = self.paths.root / ".pwfile"
         pwfile.write_text(self.settings.admin_password + "\n")
         if _as_root():
@@ -139,6 +145,7 @@ class PostgresServer:
             )  # fmt: skip
         finally:
             pwfile.unlink(missing_ok=True)
+        self.paths.initialised_marker.write_text("ok\n")
 
     def _server_options(self) -> str:
         s = self.settings
@@ -194,7 +201,7 @@ class PostgresServer:
         )  # fmt: skip
 
     def bootstrap(self) -> None:
-        """Create the application role and database (idempotent), then mark the cluster initialised."""
+        """Create the application role and database; idempotent, so every start runs it."""
         s = self.settings
         with psycopg.connect(s.admin_dsn, autocommit=True) as conn:
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (s.user,)).fetchone()
@@ -210,7 +217,6 @@ class PostgresServer:
                         sql.Identifier(s.database), sql.Identifier(s.user)
                     )
                 )
-        self.paths.initialised_marker.write_text("ok\n")
 
     def answers(self) -> bool:
         """True when the application database answers `SELECT 1` as the application role."""

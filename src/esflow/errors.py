@@ -81,6 +81,66 @@ class DatabaseError(EsflowError):
     """A database call failed for a reason that is not an outage."""
 
 
+class CodecError(EsflowError):
+    """A message cannot be encoded or decoded.
+
+    Carries the Kafka position of the message when the caller knows it, and names it in the message, so
+    an operator can find the offending record with one `kafka-console-consumer` call.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        topic: str | None = None,
+        partition: int | None = None,
+        offset: int | None = None,
+    ) -> None:
+        self.detail = message
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        where = [
+            f"{k}={v}"
+            for k, v in (("topic", topic), ("partition", partition), ("offset", offset))
+            if v is not None
+        ]
+        super().__init__(f"{message} [{', '.join(where)}]" if where else message, hint=hint)
+
+
+class EncodeError(CodecError):
+    """A message cannot be encoded (no schema for its type, or a value the schema cannot hold)."""
+
+
+class DecodeError(CodecError):
+    """Bytes cannot be decoded: truncated, wrong framing, or a body that does not match its schema."""
+
+
+class FramingError(DecodeError):
+    """The bytes do not start with the expected header (single-object ``C3 01`` or Confluent ``00``)."""
+
+
+class UnknownSchemaError(DecodeError):
+    """The bytes name a schema (fingerprint or registry id) that esflow does not know."""
+
+
+class SchemaValidationError(DecodeError):
+    """A record violates its schema's logical types or the message model (e.g. a decimal too wide)."""
+
+
+class UpcastError(DecodeError):
+    """An upcaster failed on, or is missing for, an old schema version."""
+
+
+class SchemaError(EsflowError):
+    """The .avsc files cannot be loaded, or break a contract rule (see `esflow schemas check`)."""
+
+
+class RegistryError(EsflowError):
+    """The schema registry refused or failed a request."""
+
+
 def translate(exc: BaseException, *, context: str = "") -> EsflowError:
     """Map a driver exception to the matching :class:`EsflowError`.
 

@@ -7,6 +7,7 @@ keeps tests free to run several stacks side by side with different ports and dir
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -81,9 +82,7 @@ class PostgresSettings(BaseSettings):
         """SQLAlchemy + psycopg 3 URL of the application database."""
         if self.database_url_override:
             return self.database_url_override
-        return (
-            f"postgresql+psycopg://{self.user}:{self.password}@{self.host}:{self.port}/{self.database}"
-        )
+        return f"postgresql+psycopg://{self.user}:{self.password}@{self.host}:{self.port}/{self.database}"
 
     @property
     def admin_dsn(self) -> str:
@@ -104,6 +103,37 @@ class TopicSettings(BaseSettings):
     replication_factor: int = Field(1, ge=1, description="Replication factor of new topics.")
 
 
+def _default_schema_dir() -> Path:
+    # The .avsc files live at the repository root, beside src/; editable installs keep that layout.
+    return Path(__file__).resolve().parents[2] / "schemas"
+
+
+CompatibilityMode = Literal[
+    "NONE", "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL", "FULL_TRANSITIVE"
+]
+
+
+class SchemaSettings(BaseSettings):
+    """The Avro contract: where the .avsc files are, how evolution is checked, the optional registry."""
+
+    model_config = SettingsConfigDict(env_prefix="ESFLOW_SCHEMA_", extra="ignore")
+
+    dir: Path = Field(default_factory=_default_schema_dir, description="Root of the .avsc files.")
+    event_compatibility: CompatibilityMode = Field(
+        "BACKWARD_TRANSITIVE", description="Evolution rule for events: readers must read every old event."
+    )
+    command_compatibility: CompatibilityMode = Field(
+        "BACKWARD", description="Evolution rule for commands: short-lived, so only the previous version."
+    )
+    registry_url: str | None = Field(
+        None,
+        description="Confluent Schema Registry URL (`mock://name` in tests); unset = single-object encoding.",
+    )
+    auto_register: bool = Field(
+        False, description="Register unknown schemas on first encode (dev only; production uses `register`)."
+    )
+
+
 class Settings(BaseSettings):
     """All settings, grouped by concern."""
 
@@ -113,6 +143,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     topics: TopicSettings = Field(default_factory=TopicSettings)
+    schemas: SchemaSettings = Field(default_factory=SchemaSettings)
 
 
 def load_settings() -> Settings:

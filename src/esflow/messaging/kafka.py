@@ -33,7 +33,9 @@ def producer_config(kafka: KafkaSettings, **overrides: Any) -> dict[str, Any]:
     }
 
 
-def transactional_producer_config(kafka: KafkaSettings, transactional_id: str, **overrides: Any) -> dict[str, Any]:
+def transactional_producer_config(
+    kafka: KafkaSettings, transactional_id: str, **overrides: Any
+) -> dict[str, Any]:
     """A transactional producer (EOS): ``transactional_id`` must be stable per processing instance."""
     return producer_config(kafka, **{"transactional.id": transactional_id, **overrides})
 

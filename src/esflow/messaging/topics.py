@@ -8,6 +8,7 @@ the co-partitioning of command and event topics. That needs a migration, not a f
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -60,9 +61,7 @@ def catalogue(settings: TopicSettings | None = None) -> list[TopicSpec]:
     for agg in AGGREGATES:
         # Command and event topics of one aggregate are co-partitioned: same count, same key.
         specs.append(TopicSpec(f"{p}commands.{agg}", n, 7 * DAY_MS, purpose=f"{agg} commands"))
-        specs.append(
-            TopicSpec(f"{p}events.{agg}", n, INFINITE, purpose=f"{agg} events, the log of record")
-        )
+        specs.append(TopicSpec(f"{p}events.{agg}", n, INFINITE, purpose=f"{agg} events, the log of record"))
         specs.append(
             TopicSpec(
                 f"{p}snapshots.{agg}",
@@ -127,6 +126,31 @@ def _current_configs(
         entries: dict[str, ConfigEntry] = fut.result()
         out[resource.name] = {k: e.value for k, e in entries.items()}
     return out
+
+
+def wait_until_visible(admin: AdminClient, names: Sequence[str], timeout_s: float) -> None:
+    """Block until metadata lists every new topic with a leader for each partition.
+
+    CreateTopics returns before the metadata has propagated; a producer or a second `apply` right
+    after would otherwise see the topic missing.
+    """
+    deadline = time.monotonic() + timeout_s
+    pending = set(names)
+    while pending:
+        md = admin.list_topics(timeout=timeout_s)
+        for name in list(pending):
+            t = md.topics.get(name)
+            if (
+                t is not None
+                and t.error is None
+                and t.partitions
+                and all(p.leader >= 0 for p in t.partitions.values())
+            ):
+                pending.discard(name)
+        if pending and time.monotonic() > deadline:
+            raise TopicError(f"topics created but not visible after {timeout_s:.0f}s: {sorted(pending)}")
+        if pending:
+            time.sleep(0.1)
 
 
 def plan(admin: AdminClient, specs: Sequence[TopicSpec], *, timeout_s: float = 15) -> TopicPlan:
@@ -195,6 +219,7 @@ def apply(
                     # Another `apply` won the race: the topic exists, which is what we wanted.
                     if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                         raise TopicError(f"could not create topic {name}: {exc.args[0].str()}") from exc
+            wait_until_visible(admin, [t.name for t in result.create], timeout_s)
         if result.alter:
             resources = [
                 ConfigResource(
@@ -212,6 +237,15 @@ def apply(
                     fut.result()
                 except KafkaException as exc:
                     raise TopicError(f"could not alter topic {resource.name}: {exc.args[0].str()}") from exc
+            # The broker applies config changes from the metadata log asynchronously: wait until a
+            # describe shows them, so the caller (and the next apply) sees the catalogue in force.
+            altered = [s for s in specs if s.name in result.alter]
+            deadline = time.monotonic() + timeout_s
+            while plan(admin, altered, timeout_s=timeout_s).alter:
+                if time.monotonic() > deadline:
+                    pending = sorted(result.alter)
+                    raise TopicError(f"config changes not visible after {timeout_s:.0f}s: {pending}")
+                time.sleep(0.1)
     except KafkaException as exc:
         raise translate(exc, context="applying the topic catalogue") from exc
     return result
