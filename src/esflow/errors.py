@@ -151,7 +151,8 @@ def translate(exc: BaseException, *, context: str = "") -> EsflowError:
         return exc
     module = type(exc).__module__ or ""
     prefix = f"{context}: " if context else ""
-    if module.startswith("confluent_kafka") or module.startswith("aiokafka"):
+    # confluent-kafka's exceptions come from its C extension, whose module is named "cimpl".
+    if module.startswith(("confluent_kafka", "cimpl", "aiokafka")):
         text = str(exc)
         if any(s in text for s in ("_TRANSPORT", "_ALL_BROKERS_DOWN", "_TIMED_OUT", "Timed out")):
             return BrokerUnavailable(
@@ -159,7 +160,7 @@ def translate(exc: BaseException, *, context: str = "") -> EsflowError:
                 hint="is the broker up? try `esflow stack status`",
             )
         return KafkaOperationError(f"{prefix}{text}")
-    if module.startswith("psycopg") or module.startswith("sqlalchemy"):
+    if module.startswith(("psycopg", "sqlalchemy")):
         name = type(exc).__name__
         orig = getattr(exc, "orig", None)
         detail = str(orig if orig is not None else exc).strip().splitlines()[0] if str(exc) else name

@@ -39,7 +39,7 @@ def _confluent_read(kafka: KafkaSettings, topic: str, isolation: str, expect_at_
                 continue
             if msg.error():
                 raise AssertionError(msg.error())
-            seen.append(msg.value())
+            seen.append(msg.value() or b"")
     finally:
         consumer.close()
     return seen

@@ -1,0 +1,5 @@
+"""`python -m esflow` runs the CLI."""
+
+from esflow.cli import main
+
+main()
