@@ -1,0 +1,94 @@
+"""docker-compose.yml cannot run here (no Docker engine): check that it parses and agrees with settings."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from esflow.cli import cli
+from esflow.settings import KafkaSettings, PostgresSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+_VAR = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?::-(?P<default>[^}]*))?\}")
+
+
+def _interpolate(value: Any, env: dict[str, str]) -> Any:
+    """Compose's ${VAR:-default} substitution, enough to check the defaults."""
+    if isinstance(value, str):
+        return _VAR.sub(lambda m: env.get(m["name"], m["default"] or ""), value)
+    if isinstance(value, list):
+        return [_interpolate(v, env) for v in value]
+    if isinstance(value, dict):
+        return {k: _interpolate(v, env) for k, v in value.items()}
+    return value
+
+
+Compose = tuple[dict[str, Any], dict[str, str]]
+MOVED = {"ESFLOW_KAFKA_PORT": "19092", "ESFLOW_PG_PORT": "15432"}
+
+
+@pytest.fixture(params=[{}, MOVED], ids=["defaults", "moved"])
+def compose(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Compose:
+    env: dict[str, str] = request.param
+    for var in ("ESFLOW_KAFKA_PORT", "ESFLOW_PG_PORT", "ESFLOW_KAFKA_BOOTSTRAP", "ESFLOW_DATABASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return _interpolate(yaml.safe_load((ROOT / "docker-compose.yml").read_text()), env), env
+
+
+def test_kafka_matches_the_local_stack(compose: Compose) -> None:
+    doc, _ = compose
+    kafka = KafkaSettings()
+    svc = doc["services"]["kafka"]
+    assert svc["image"] == f"apache/kafka:{kafka.version}"
+    assert svc["ports"] == [f"{kafka.port}:{kafka.port}"]
+    env = svc["environment"]
+    assert f"HOST://{kafka.bootstrap_servers}" in env["KAFKA_ADVERTISED_LISTENERS"]
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert env["KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS"] == 0
+    for key in (
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR",
+    ):
+        assert env[key] == 1
+    # Every listener named in LISTENERS has a protocol and is advertised (but the controller).
+    names = {part.split("://")[0] for part in env["KAFKA_LISTENERS"].split(",")}
+    mapped = {part.split(":")[0] for part in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")}
+    advertised = {part.split("://")[0] for part in env["KAFKA_ADVERTISED_LISTENERS"].split(",")}
+    assert names <= mapped
+    assert advertised == names - {env["KAFKA_CONTROLLER_LISTENER_NAMES"]}
+
+
+def test_postgres_matches_the_settings(compose: Compose) -> None:
+    doc, _ = compose
+    pg = PostgresSettings()
+    svc = doc["services"]["postgres"]
+    assert svc["image"] == "postgres:15"
+    assert svc["ports"] == [f"{pg.port}:5432"]
+    env = svc["environment"]
+    assert (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"], env["POSTGRES_DB"]) == (
+        pg.user,
+        pg.password,
+        pg.database,
+    )
+
+
+def test_esflow_services_are_behind_a_profile_and_use_real_commands(
+    compose: Compose,
+) -> None:
+    doc, _ = compose
+    esflow_services = {name: svc for name, svc in doc["services"].items() if name.startswith("esflow-")}
+    assert esflow_services
+    known = set(cli.list_commands(None))  # type: ignore[arg-type]
+    for name, svc in esflow_services.items():
+        assert svc["profiles"] == ["pipeline"], name
+        assert svc["command"][0] == "esflow" and svc["command"][1] in known, name
+        assert svc["environment"]["ESFLOW_KAFKA_BOOTSTRAP"] == "kafka:19092"
+        assert set(svc["depends_on"]) == {"kafka", "postgres"}
