@@ -27,8 +27,14 @@ fi
 
 stamp=.venv/.installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! .venv/bin/python -c 'import esflow' 2>/dev/null; then
+  echo "installing esflow into .venv (pip; log in .venv/install.log)" >&2
   "$PYTHON" -m venv .venv
-  .venv/bin/python -m pip install -q --disable-pip-version-check -U pip
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+  # The build backend's warnings are noise on every run; show the log only when the install fails.
+  if ! { .venv/bin/python -m pip install -q --disable-pip-version-check -U pip &&
+         .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'; } >.venv/install.log 2>&1; then
+    cat .venv/install.log >&2
+    echo "esflow: installing the Python dependencies failed (see above)" >&2
+    exit 1
+  fi
   touch "$stamp"
 fi
