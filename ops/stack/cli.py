@@ -36,9 +36,10 @@ def stack() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def up(as_json: bool) -> None:
     """Start Kafka and PostgreSQL (idempotent) and print the connection strings."""
-    if not as_json:
-        click.echo("starting the stack (the first run downloads the Kafka jars with Maven)…", err=True)
-    status = Stack().up()
+    stack = Stack()
+    if not as_json and not stack.kafka.jars.present():
+        click.echo("first run: resolving the Kafka jars from Maven Central…", err=True)
+    status = stack.up()
     if as_json:
         click.echo(json.dumps(status.to_json()))
         return
@@ -93,6 +94,8 @@ def logs(server: str, lines: int, follow: bool) -> None:
 def reset(yes: bool) -> None:
     """Stop the stack and delete all its data (the cached jars stay)."""
     st = Stack()
+    if not yes and not sys.stdin.isatty():
+        raise click.UsageError("refusing to delete the stack's data without --yes (stdin is not a terminal)")
     if not yes:
         click.confirm(f"delete every topic and database under {st.settings.stack_dir}?", abort=True)
     st.reset()

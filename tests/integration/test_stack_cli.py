@@ -40,7 +40,7 @@ def _run(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.Co
 def _assert_one_line_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> None:
     assert proc.returncode != 0, proc.stdout
     assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("starting the stack")]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("first run:")]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("esflow: error: ")
     for fragment in fragments:
