@@ -17,8 +17,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from confluent_kafka.schema_registry import (
+    ConfigCompatibilityLevel,
     Schema,
     SchemaRegistryClient,
+    ServerConfig,
     topic_record_subject_name_strategy,
 )
 from confluent_kafka.schema_registry.error import SchemaRegistryError
@@ -144,15 +146,22 @@ class ConfluentFraming:
         versions: Iterable[SchemaVersion],
         *,
         topic: Callable[[SchemaVersion], str] = topic_for,
+        compatibility: Callable[[SchemaVersion], str] | None = None,
     ) -> list[tuple[str, int, SchemaVersion]]:
         """Register ``versions``, oldest first per type, under their topics' subjects.
 
-        Returns (subject, registry id, schema) per version.
+        ``compatibility`` gives each subject's registry compatibility level, set before its first
+        version is registered. Returns (subject, registry id, schema) per version.
         """
         out: list[tuple[str, int, SchemaVersion]] = []
+        configured: set[str] = set()
         for schema in sorted(versions, key=lambda s: (s.name, s.version)):
             subject = subject_for(topic(schema), schema)
             try:
+                if compatibility is not None and subject not in configured:
+                    level = ConfigCompatibilityLevel(compatibility(schema))
+                    self._client.set_config(subject, ServerConfig(compatibility=level))
+                    configured.add(subject)
                 schema_id = int(self._client.register_schema(subject, Schema(schema.schema_json, "AVRO")))
             except SchemaRegistryError as exc:
                 raise RegistryError(f"schema registry refused {schema.label} for {subject}: {exc}") from exc
