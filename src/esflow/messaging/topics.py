@@ -31,6 +31,31 @@ DAY_MS = 24 * 60 * 60 * 1000
 INFINITE = -1
 
 
+def command_topic(aggregate: str, settings: TopicSettings | None = None) -> str:
+    """Name of the command topic of one aggregate type (``commands.order``)."""
+    return f"{(settings or TopicSettings()).prefix}commands.{aggregate}"
+
+
+def event_topic(aggregate: str, settings: TopicSettings | None = None) -> str:
+    """Name of the event topic of one aggregate type (``events.order``), the log of record."""
+    return f"{(settings or TopicSettings()).prefix}events.{aggregate}"
+
+
+def snapshot_topic(aggregate: str, settings: TopicSettings | None = None) -> str:
+    """Name of the compacted snapshot topic of one aggregate type (``snapshots.order``)."""
+    return f"{(settings or TopicSettings()).prefix}snapshots.{aggregate}"
+
+
+def results_topic(settings: TopicSettings | None = None) -> str:
+    """Name of the compacted topic holding every command's result, keyed by command id."""
+    return f"{(settings or TopicSettings()).prefix}command-results"
+
+
+def dead_letter_topic(settings: TopicSettings | None = None) -> str:
+    """Name of the topic receiving undecodable or unknown commands."""
+    return f"{(settings or TopicSettings()).prefix}commands.dead-letter"
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     """One topic as the catalogue wants it."""
@@ -55,16 +80,15 @@ class TopicSpec:
 def catalogue(settings: TopicSettings | None = None) -> list[TopicSpec]:
     """The topics of the reference domain, named with the configured prefix."""
     s = settings or TopicSettings()
-    p = s.prefix
     n = s.partitions
     specs: list[TopicSpec] = []
     for agg in AGGREGATES:
         # Command and event topics of one aggregate are co-partitioned: same count, same key.
-        specs.append(TopicSpec(f"{p}commands.{agg}", n, 7 * DAY_MS, purpose=f"{agg} commands"))
-        specs.append(TopicSpec(f"{p}events.{agg}", n, INFINITE, purpose=f"{agg} events, the log of record"))
+        specs.append(TopicSpec(command_topic(agg, s), n, 7 * DAY_MS, purpose=f"{agg} commands"))
+        specs.append(TopicSpec(event_topic(agg, s), n, INFINITE, purpose=f"{agg} events, the log of record"))
         specs.append(
             TopicSpec(
-                f"{p}snapshots.{agg}",
+                snapshot_topic(agg, s),
                 n,
                 INFINITE,
                 compacted=True,
@@ -74,7 +98,7 @@ def catalogue(settings: TopicSettings | None = None) -> list[TopicSpec]:
         )
     specs.append(
         TopicSpec(
-            f"{p}command-results",
+            results_topic(s),
             n,
             INFINITE,
             compacted=True,
@@ -82,9 +106,7 @@ def catalogue(settings: TopicSettings | None = None) -> list[TopicSpec]:
             extra_config={"segment.ms": str(DAY_MS)},
         )
     )
-    specs.append(
-        TopicSpec(f"{p}commands.dead-letter", 1, 30 * DAY_MS, purpose="undecodable or unknown commands")
-    )
+    specs.append(TopicSpec(dead_letter_topic(s), 1, 30 * DAY_MS, purpose="undecodable or unknown commands"))
     return specs
 
 
