@@ -397,6 +397,8 @@ def _read(data: bytes, start: int, writer: SchemaVersion, reader: SchemaVersion 
         raise DecodeError(f"truncated {writer.label} body: {exc or 'unexpected end of data'}") from exc
     except UnicodeDecodeError as exc:
         raise DecodeError(f"{writer.label} body holds a string that is not UTF-8") from exc
+    except IndexError as exc:
+        raise DecodeError(f"{writer.label} body holds a union branch or enum index out of range") from exc
     except (ValueError, OverflowError) as exc:
         # Raised by the logical-type readers (uuid, timestamp, decimal) on values they cannot represent.
         raise SchemaValidationError(f"{writer.label} body violates a logical type: {exc}") from exc
