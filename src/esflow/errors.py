@@ -141,6 +141,64 @@ class RegistryError(EsflowError):
     """The schema registry refused or failed a request."""
 
 
+class ProjectionError(EsflowError):
+    """A projection cannot be built, started or applied."""
+
+
+class UnknownProjection(ProjectionError):
+    """A projection name that esflow does not define."""
+
+
+class ProjectionHalted(ProjectionError):
+    """A partition of a projection stopped on purpose: a row broke a constraint, or bad input under halt.
+
+    Skipping the event would make the read model silently wrong, so the partition stops until an
+    operator fixes the cause and restarts the worker; the other partitions go on.
+    """
+
+
+class MigrationError(DatabaseError):
+    """The read-model schema cannot be migrated (unknown version in the database, failed DDL)."""
+
+
+class ClientError(EsflowError):
+    """The command SDK or CLI could not send a command or learn its outcome."""
+
+
+class UnknownCommandType(ClientError):
+    """A command type name that the contract does not define."""
+
+
+class CommandValidationError(ClientError):
+    """A command failed validation before anything left the process; ``problems`` lists every field."""
+
+    def __init__(self, message: str, problems: list[str], *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.problems = problems
+
+
+class DeliveryFailed(ClientError):
+    """The broker did not acknowledge a command (unreachable, or it refused the write)."""
+
+
+class ResultTimeout(ClientError):
+    """No result (or no projection catch-up) arrived within the timeout."""
+
+
+class ProcessorError(EsflowError):
+    """The command processor cannot start, restore its state or keep its transactions going."""
+
+
+class RestoreError(ProcessorError):
+    """Aggregate state could not be restored for an assignment (snapshot or event topic unreadable)."""
+
+
+class ProcessorFenced(ProcessorError):
+    """Another instance took over this processor's transactional id: this one must stop at once."""
+
+    exit_code = 3
+
+
 def translate(exc: BaseException, *, context: str = "") -> EsflowError:
     """Map a driver exception to the matching :class:`EsflowError`.
 

@@ -6,10 +6,15 @@ from Java's, and isolation levels differ between client libraries, so both are a
 
 from __future__ import annotations
 
+import time
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from esflow.errors import BrokerUnavailable, KafkaOperationError
 from esflow.settings import KafkaSettings
 
 # Java, aiokafka and Faust hash keys with murmur2; librdkafka must too, or keys land elsewhere.
@@ -55,3 +60,70 @@ def consumer_config(kafka: KafkaSettings, group_id: str, **overrides: Any) -> di
 def admin_client(kafka: KafkaSettings) -> AdminClient:
     """An AdminClient for the configured cluster."""
     return AdminClient(common_config(kafka))
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Java clients, Faust and our producers (murmur2) put ``key`` on."""
+    from confluent_kafka import murmur2
+
+    return int(murmur2(key, partitions))
+
+
+def read_to_end(
+    kafka: KafkaSettings,
+    topic: str,
+    partitions: list[int] | None = None,
+    *,
+    key: bytes | None = None,
+    timeout_s: float = 30.0,
+) -> Iterator[Message]:
+    """Every committed message of ``topic`` (or of some of its partitions) up to the current end.
+
+    ``key`` limits the read to the one partition that key hashes to (the topic's real partition count
+    decides, not a setting).
+
+    Uses manual assignment and no consumer group, so it reads without joining or committing anything.
+    "The end" is the high-water mark when the call starts; read_committed stops at the last stable
+    offset, so a transaction left open longer than ``timeout_s`` raises instead of hanging.
+    """
+    consumer = Consumer(
+        consumer_config(kafka, f"esflow-reader-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True})
+    )
+    try:
+        md = consumer.list_topics(topic, timeout=timeout_s)
+        meta = md.topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise KafkaOperationError(f"topic {topic} does not exist", hint="run `esflow topics apply`")
+        wanted = sorted(meta.partitions) if partitions is None else partitions
+        if key is not None:
+            wanted = [partition_for(key, len(meta.partitions))]
+        ends: dict[int, int] = {}
+        for p in wanted:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            if high > low:
+                ends[p] = high
+        if not ends:
+            return
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        deadline = time.monotonic() + timeout_s
+        pending = set(ends)
+        while pending:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                if time.monotonic() > deadline:
+                    raise BrokerUnavailable(f"reading {topic} did not reach its end within {timeout_s:.0f}s")
+                continue
+            p = msg.partition() or 0
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:  # at the last stable offset
+                    pending.discard(p)
+                    continue
+                raise KafkaOperationError(f"reading {topic}[{p}]: {err.str()}")
+            deadline = time.monotonic() + timeout_s
+            if (msg.offset() or 0) >= ends[p] - 1:
+                pending.discard(p)
+            if (msg.offset() or 0) < ends[p]:
+                yield msg
+    finally:
+        consumer.close()

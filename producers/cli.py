@@ -1,0 +1,222 @@
+"""`esflow send`, `esflow tail`, `esflow aggregate …`: commands and the log from the shell.
+
+Expected failures print one line naming the problem (and the line number, for files) and exit
+non-zero; a file with some bad lines still sends the good ones and reports the bad ones.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import click
+from confluent_kafka import Consumer, TopicPartition
+
+from esflow.domain.messages import CommandEnvelope, EventEnvelope
+from esflow.errors import ClientError, CodecError, CommandValidationError, EsflowError
+from esflow.messaging.codec import Codec
+from esflow.messaging.kafka import consumer_config, read_to_end
+from esflow.messaging.topics import AGGREGATES, event_topic
+from esflow.settings import load_settings
+from producers.client import CommandClient, SendReceipt
+from producers.commands import from_json
+
+
+def _receipt_json(r: SendReceipt) -> str:
+    return json.dumps(
+        {
+            "command_id": str(r.command_id),
+            "aggregate_id": str(r.aggregate_id),
+            "type": r.command_type,
+            "topic": r.topic,
+            "partition": r.partition,
+            "offset": r.offset,
+        }
+    )
+
+
+def _parse_json(text: str, where: str) -> dict[str, Any]:
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CommandValidationError(
+            f"{where}invalid JSON: {exc.msg} (column {exc.colno})", [exc.msg]
+        ) from exc
+    if not isinstance(raw, dict):
+        raise CommandValidationError(
+            f"{where}expected a JSON object, got {type(raw).__name__}", ["not an object"]
+        )
+    return raw
+
+
+@click.command()
+@click.argument("command_type", required=False)
+@click.option("--json", "json_text", help="The command as one JSON object (fields + optional metadata).")
+@click.option(
+    "--file",
+    "file_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A JSONL file, one command a line ('type' key per line, or COMMAND_TYPE for all).",
+)
+def send(command_type: str | None, json_text: str | None, file_path: Path | None) -> None:
+    """Validate and publish commands; prints one JSON receipt per command sent.
+
+    Metadata keys in the JSON: aggregate_id, expected_version, command_id, correlation_id, causation_id.
+    """
+    if (json_text is None) == (file_path is None):
+        raise click.UsageError("give exactly one of --json or --file")
+    if json_text is not None:
+        env = from_json(command_type, _parse_json(json_text, ""))
+        with CommandClient() as client:
+            click.echo(_receipt_json(client.send(env)))
+        return
+    assert file_path is not None
+    _send_file(command_type, file_path)
+
+
+def _send_file(command_type: str | None, path: Path) -> None:
+    lines = path.read_text().splitlines()
+    envelopes: list[CommandEnvelope] = []
+    bad: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            envelopes.append(from_json(command_type, _parse_json(line, "")))
+        except ClientError as exc:
+            bad.append(f"{path.name}:{number}: {exc.one_line()}")
+    for message in bad:
+        click.echo(f"esflow: error: {message}", err=True)
+    sent: list[SendReceipt] = []
+    failed: list[str] = []
+    with (
+        CommandClient() as client,
+        click.progressbar(length=len(envelopes), label="sending", file=sys.stderr) as bar,
+    ):
+
+        def on_ack(outcome: SendReceipt | EsflowError) -> None:
+            bar.update(1)
+            if isinstance(outcome, EsflowError):
+                failed.append(outcome.one_line())
+
+        sent = client.send_many(envelopes, on_ack=on_ack, raise_on_failure=False)
+    for r in sent:
+        click.echo(_receipt_json(r))
+    for message in failed:
+        click.echo(f"esflow: error: {message}", err=True)
+    by_type = Counter(r.command_type for r in sent)
+    summary = ", ".join(f"{t} {n}" for t, n in sorted(by_type.items())) or "none"
+    click.echo(f"sent {len(sent)} ({summary}); invalid {len(bad)}; not acknowledged {len(failed)}", err=True)
+    if bad or failed:
+        sys.exit(1)
+
+
+def _render(env: CommandEnvelope | EventEnvelope, msg: Any) -> str:
+    body = env.event if isinstance(env, EventEnvelope) else env.command
+    return json.dumps(
+        {
+            "topic": msg.topic(),
+            "partition": msg.partition(),
+            "offset": msg.offset(),
+            "type": body.type_name(),
+            "metadata": env.metadata.model_dump(mode="json"),
+            "payload": body.model_dump(mode="json"),
+        }
+    )
+
+
+@click.command()
+@click.argument("topic")
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest message instead of the end.")
+@click.option("--max", "max_messages", type=int, default=0, help="Stop after this many messages (0: never).")
+@click.option("--idle-timeout", type=float, default=0, help="Stop after this many seconds without a message.")
+def tail(topic: str, from_beginning: bool, max_messages: int, idle_timeout: float) -> None:
+    """Print the decoded messages of a topic live, one JSON object per line (read_committed)."""
+    settings = load_settings()
+    codec = Codec.from_settings(settings.schemas)
+    consumer = Consumer(consumer_config(settings.kafka, f"esflow-tail-{uuid.uuid4().hex[:8]}"))
+    md = consumer.list_topics(topic, timeout=10)
+    if topic not in md.topics or md.topics[topic].error is not None:
+        consumer.close()
+        raise ClientError(f"topic {topic} does not exist", hint="see `esflow topics list`")
+    start = -2 if from_beginning else -1  # OFFSET_BEGINNING / OFFSET_END
+    consumer.assign([TopicPartition(topic, p, start) for p in md.topics[topic].partitions])
+    seen = 0
+    idle = 0.0
+    try:
+        while not max_messages or seen < max_messages:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                idle += 0.5
+                if idle_timeout and idle >= idle_timeout:
+                    break
+                continue
+            idle = 0.0
+            if msg.error():
+                continue
+            seen += 1
+            try:
+                click.echo(_render(codec.decode_message(msg), msg))
+            except CodecError as exc:
+                click.echo(
+                    json.dumps(
+                        {"offset": msg.offset(), "partition": msg.partition(), "error": exc.one_line()}
+                    )
+                )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+
+
+@click.group()
+def aggregate() -> None:
+    """Inspect one aggregate through the log of record."""
+
+
+@aggregate.command()
+@click.argument("aggregate_type", type=click.Choice(AGGREGATES))
+@click.argument("aggregate_id", type=click.UUID)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event instead of a table.")
+def history(aggregate_type: str, aggregate_id: uuid.UUID, as_json: bool) -> None:
+    """Every event of one aggregate: version, time, type, command and correlation ids."""
+    events = load_history(aggregate_type, aggregate_id)
+    if not events:
+        raise ClientError(f"no events for {aggregate_type} {aggregate_id}")
+    if as_json:
+        for env in events:
+            click.echo(
+                json.dumps(
+                    {
+                        "type": env.event.type_name(),
+                        "metadata": env.metadata.model_dump(mode="json"),
+                        "payload": env.event.model_dump(mode="json"),
+                    }
+                )
+            )
+        return
+    click.echo(f"{'ver':>4}  {'occurred_at (UTC)':<26}  {'type':<24}  {'command_id':<36}  correlation_id")
+    for env in events:
+        m = env.metadata
+        click.echo(
+            f"{m.aggregate_version:>4}  {m.occurred_at.isoformat(timespec='microseconds')[:26]:<26}  "
+            f"{env.event.type_name():<24}  {m.command_id!s:<36}  {m.correlation_id}"
+        )
+
+
+def load_history(aggregate_type: str, aggregate_id: uuid.UUID) -> list[EventEnvelope]:
+    """One aggregate's events in version order, read from its partition of the event topic."""
+    settings = load_settings()
+    codec = Codec.from_settings(settings.schemas)
+    topic = event_topic(aggregate_type, settings.topics)
+    key = str(aggregate_id).encode()
+    events = [
+        codec.decode_event(msg.value() or b"", topic=topic, partition=msg.partition(), offset=msg.offset())
+        for msg in read_to_end(settings.kafka, topic, key=key)
+        if msg.key() == key
+    ]
+    return sorted(events, key=lambda e: e.metadata.aggregate_version)

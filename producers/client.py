@@ -1,0 +1,257 @@
+"""The command SDK: validate, encode and publish commands; sync and asyncio flavours.
+
+``send`` returns once the broker acknowledged the command (idempotent producer, ``acks=all``); nothing
+leaves the process unless the command validated. Keys are aggregate ids, so one aggregate's commands
+stay in order on one partition (murmur2, like Java clients and Faust).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from esflow.domain.messages import Command, CommandEnvelope
+from esflow.errors import DeliveryFailed
+from esflow.messaging.codec import Codec
+from esflow.messaging.kafka import producer_config
+from esflow.messaging.topics import command_topic
+from esflow.settings import Settings, load_settings
+from producers.commands import envelope as make_envelope
+
+
+@dataclass(frozen=True)
+class SendReceipt:
+    """Where the broker stored a command."""
+
+    command_id: UUID
+    aggregate_id: UUID
+    command_type: str
+    topic: str
+    partition: int
+    offset: int
+
+
+def _as_envelope(
+    command: Command | CommandEnvelope, aggregate_id: UUID | None, meta: dict[str, Any]
+) -> CommandEnvelope:
+    if isinstance(command, CommandEnvelope):
+        if aggregate_id is not None or meta:
+            raise TypeError("pass metadata either in the envelope or as arguments, not both")
+        return command
+    return make_envelope(command, aggregate_id, **meta)
+
+
+def _failure(env: CommandEnvelope, err: KafkaError, bootstrap: str) -> DeliveryFailed:
+    if err.code() == KafkaError._MSG_TIMED_OUT:
+        return DeliveryFailed(
+            f"the broker at {bootstrap} did not acknowledge {env.command.type_name()} "
+            f"{env.metadata.command_id} in time",
+            hint="is Kafka up? try `esflow stack status`",
+        )
+    return DeliveryFailed(
+        f"the broker refused {env.command.type_name()} {env.metadata.command_id}: {err.str()}"
+    )
+
+
+class CommandClient:
+    """Publishes commands; one instance per process is enough (it is thread-safe)."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        codec: Codec | None = None,
+        delivery_timeout_s: float = 30.0,
+        **producer_overrides: Any,
+    ) -> None:
+        self.settings = settings or load_settings()
+        self.codec = codec or Codec.from_settings(self.settings.schemas)
+        self.delivery_timeout_s = delivery_timeout_s
+        self._bootstrap = self.settings.kafka.bootstrap_servers
+        self._producer = Producer(
+            producer_config(
+                self.settings.kafka,
+                # librdkafka retries until this passes, then reports the failure to the callback.
+                **{
+                    "message.timeout.ms": int(delivery_timeout_s * 1000),
+                    "log_level": 2,
+                    **producer_overrides,
+                },
+            )
+        )
+
+    def topic_for(self, env: CommandEnvelope) -> str:
+        """The command topic of the envelope's aggregate type."""
+        return command_topic(env.metadata.aggregate_type, self.settings.topics)
+
+    def _produce(self, env: CommandEnvelope, on_done: Callable[[KafkaError | None, Message], None]) -> None:
+        topic = self.topic_for(env)
+        value = self.codec.encode(env, topic=topic)
+        headers: list[tuple[str, str | bytes | None]] = list(self.codec.headers(env))
+        while True:
+            try:
+                self._producer.produce(
+                    topic,
+                    value=value,
+                    key=self.codec.key(env),
+                    headers=headers,
+                    on_delivery=on_done,
+                )
+                return
+            except BufferError:
+                # The local queue is full: serve delivery reports to make room, then retry.
+                self._producer.poll(0.1)
+
+    def send(
+        self,
+        command: Command | CommandEnvelope,
+        aggregate_id: UUID | None = None,
+        **metadata: Any,
+    ) -> SendReceipt:
+        """Validate, publish and wait for the broker's acknowledgement.
+
+        ``metadata``: ``expected_version``, ``command_id``, ``correlation_id``, ``causation_id``.
+        Raises :class:`~esflow.errors.CommandValidationError` before sending, or
+        :class:`~esflow.errors.DeliveryFailed` when the broker did not acknowledge.
+        """
+        env = _as_envelope(command, aggregate_id, metadata)
+        return self.send_many([env])[0]
+
+    def send_many(
+        self,
+        envelopes: Iterable[CommandEnvelope],
+        *,
+        on_ack: Callable[[SendReceipt | DeliveryFailed], None] | None = None,
+        raise_on_failure: bool = True,
+    ) -> list[SendReceipt]:
+        """Publish many commands pipelined (bulk loads); returns receipts in input order.
+
+        With ``raise_on_failure=False`` failures go only to ``on_ack`` and are left out of the result.
+        """
+        envs = list(envelopes)
+        outcomes: list[SendReceipt | DeliveryFailed | None] = [None] * len(envs)
+
+        def callback(i: int) -> Callable[[KafkaError | None, Message], None]:
+            def done(err: KafkaError | None, msg: Message) -> None:
+                env = envs[i]
+                result: SendReceipt | DeliveryFailed
+                if err is not None:
+                    result = _failure(env, err, self._bootstrap)
+                else:
+                    result = SendReceipt(
+                        env.metadata.command_id,
+                        env.metadata.aggregate_id,
+                        env.command.type_name(),
+                        msg.topic() or "",
+                        msg.partition() or 0,
+                        msg.offset() or 0,
+                    )
+                outcomes[i] = result
+                if on_ack is not None:
+                    on_ack(result)
+
+            return done
+
+        for i, env in enumerate(envs):
+            self._produce(env, callback(i))
+            self._producer.poll(0)
+        remaining = self._producer.flush(self.delivery_timeout_s + 5)
+        if remaining:
+            raise DeliveryFailed(
+                f"{remaining} commands still unacknowledged after {self.delivery_timeout_s:.0f}s"
+            )
+        failures = [o for o in outcomes if isinstance(o, DeliveryFailed)]
+        if failures and raise_on_failure:
+            raise failures[0]
+        return [o for o in outcomes if isinstance(o, SendReceipt)]
+
+    def close(self) -> None:
+        """Deliver anything still queued."""
+        self._producer.flush(self.delivery_timeout_s)
+
+    def __enter__(self) -> CommandClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncCommandClient:
+    """The asyncio flavour: ``await send(...)``; delivery reports are served by a background thread."""
+
+    def __init__(self, settings: Settings | None = None, **kwargs: Any) -> None:
+        self._sync = CommandClient(settings, **kwargs)
+        self._closing = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="esflow-producer-poll", daemon=True)
+        self._poller.start()
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in use."""
+        return self._sync.settings
+
+    def _poll(self) -> None:
+        while not self._closing.is_set():
+            self._sync._producer.poll(0.1)
+
+    async def send(
+        self, command: Command | CommandEnvelope, aggregate_id: UUID | None = None, **metadata: Any
+    ) -> SendReceipt:
+        """Validate, publish and await the broker's acknowledgement."""
+        env = _as_envelope(command, aggregate_id, metadata)
+        return (await self.send_many([env]))[0]
+
+    async def send_many(self, envelopes: Sequence[CommandEnvelope]) -> list[SendReceipt]:
+        """Publish many commands; resolves when all are acknowledged (raises the first failure)."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in envelopes]
+
+        def resolver(
+            fut: asyncio.Future[SendReceipt], env: CommandEnvelope
+        ) -> Callable[[KafkaError | None, Message], None]:
+            def done(err: KafkaError | None, msg: Message) -> None:
+                if err is not None:
+                    outcome: SendReceipt | DeliveryFailed = _failure(env, err, self._sync._bootstrap)
+                else:
+                    outcome = SendReceipt(
+                        env.metadata.command_id,
+                        env.metadata.aggregate_id,
+                        env.command.type_name(),
+                        msg.topic() or "",
+                        msg.partition() or 0,
+                        msg.offset() or 0,
+                    )
+                loop.call_soon_threadsafe(_settle, fut, outcome)
+
+            return done
+
+        for fut, env in zip(futures, envelopes, strict=True):
+            self._sync._produce(env, resolver(fut, env))
+        return list(await asyncio.gather(*futures))
+
+    async def close(self) -> None:
+        """Deliver anything queued and stop the poll thread."""
+        await asyncio.to_thread(self._sync.close)
+        self._closing.set()
+        await asyncio.to_thread(self._poller.join)
+
+    async def __aenter__(self) -> AsyncCommandClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _settle(fut: asyncio.Future[SendReceipt], outcome: SendReceipt | DeliveryFailed) -> None:
+    if fut.done():
+        return
+    if isinstance(outcome, DeliveryFailed):
+        fut.set_exception(outcome)
+    else:
+        fut.set_result(outcome)
