@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from esflow.domain.account import DepositFunds, OpenAccount
+from esflow.errors import CommandValidationError, UnknownCommandType
+from producers.commands import envelope, from_json
+
+OWNER = "6f1c4b2e-1111-4a4a-9a9a-0123456789ab"
+
+
+def test_creation_command_gets_a_new_aggregate_id_and_correlation() -> None:
+    env = from_json("OpenAccount", {"owner_id": OWNER, "currency": "EUR"})
+    assert isinstance(env.command, OpenAccount)
+    assert env.metadata.aggregate_type == "account"
+    assert env.metadata.correlation_id == env.metadata.command_id
+    assert env.metadata.expected_version is None
+
+
+def test_metadata_keys_are_taken_from_the_json() -> None:
+    agg, cid, corr = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    env = from_json(
+        None,
+        {
+            "type": "DepositFunds",
+            "aggregate_id": str(agg),
+            "command_id": str(cid),
+            "correlation_id": str(corr),
+            "expected_version": 3,
+            "amount": {"amount": "10.50", "currency": "EUR"},
+        },
+    )
+    assert isinstance(env.command, DepositFunds)
+    assert (env.metadata.aggregate_id, env.metadata.command_id, env.metadata.correlation_id) == (
+        agg,
+        cid,
+        corr,
+    )
+    assert env.metadata.expected_version == 3
+
+
+def test_every_invalid_field_is_listed() -> None:
+    with pytest.raises(CommandValidationError) as info:
+        from_json(
+            "PlaceOrder",
+            {"customer_id": "nope", "items": [{"quantity": "many"}], "expected_version": -1},
+        )
+    problems = info.value.problems
+    assert "customer_id: Input should be a valid UUID, invalid character: found `n` at 0" in problems
+    assert any(p.startswith("items.0.quantity:") for p in problems)
+    assert any(p.startswith("items.0.sku:") for p in problems)
+    assert any(p.startswith("shipping_address:") for p in problems)
+    assert any(p.startswith("expected_version:") for p in problems)
+
+
+def test_non_creation_commands_need_an_aggregate_id() -> None:
+    with pytest.raises(CommandValidationError, match="aggregate_id: required"):
+        from_json("DepositFunds", {"amount": {"amount": "1.00", "currency": "EUR"}})
+    with pytest.raises(CommandValidationError, match="needs an aggregate_id"):
+        envelope(DepositFunds.model_validate({"amount": {"amount": "1.00", "currency": "EUR"}}))
+
+
+def test_unknown_types_suggest_the_closest_command() -> None:
+    with pytest.raises(UnknownCommandType) as info:
+        from_json("PlaceOrdr", {})
+    assert info.value.one_line() == "'PlaceOrdr' is not a command type (did you mean PlaceOrder?)"
+    with pytest.raises(UnknownCommandType, match="an event, not a command"):
+        from_json("OrderPlaced", {})
