@@ -9,6 +9,8 @@ COPY projections ./projections
 COPY ops ./ops
 COPY schemas ./schemas
 RUN pip install --no-cache-dir .
+# The Avro contract is read from the schema directory at run time (not packaged into the wheel).
+ENV ESFLOW_SCHEMA_DIR=/app/schemas
 USER nobody
 ENTRYPOINT []
 CMD ["esflow", "--help"]
