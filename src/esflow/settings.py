@@ -103,6 +103,52 @@ class TopicSettings(BaseSettings):
     replication_factor: int = Field(1, ge=1, description="Replication factor of new topics.")
 
 
+class ProcessorSettings(BaseSettings):
+    """The command processor: group, identity, batching, idempotency window, timeouts, ports."""
+
+    model_config = SettingsConfigDict(env_prefix="ESFLOW_PROCESSOR_", extra="ignore")
+
+    group_id: str = Field("esflow-processor", description="Consumer group of all processor instances.")
+    instance_id: str = Field(
+        "0",
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Stable per instance: names its transactional.id (and group.instance.id when static).",
+    )
+    aggregates: str = Field(
+        "product,order,account", description="Comma-separated aggregate types whose commands this group runs."
+    )
+    batch_max_commands: int = Field(1000, ge=1, description="Most commands in one Kafka transaction.")
+    batch_max_ms: int = Field(100, ge=1, description="Longest wait to fill a batch before committing it.")
+    idempotency_window: int = Field(
+        32, ge=1, description="Most recent command ids (with results) kept per aggregate in its snapshot."
+    )
+    transaction_timeout_ms: int = Field(
+        10000, ge=1000, description="Broker aborts a transaction left open this long (a dead instance's)."
+    )
+    session_timeout_ms: int = Field(10000, ge=1000, description="Consumer group session timeout.")
+    static_membership: bool = Field(
+        False,
+        description="Use group.instance.id: a restart within the session timeout keeps its partitions "
+        "without a rebalance, but a clean stop no longer leaves the group at once.",
+    )
+    verify_partitioning: bool = Field(
+        True, description="Dead-letter commands whose key does not murmur2-hash to their partition."
+    )
+    restore_timeout_s: float = Field(300.0, gt=0, description="Longest restore of one assignment.")
+    metrics_port: int = Field(0, ge=0, le=65535, description="HTTP /metrics, /healthz, /readyz; 0 disables.")
+    metrics_host: str = Field("127.0.0.1", description="Interface of the metrics server.")
+
+    @property
+    def aggregate_types(self) -> tuple[str, ...]:
+        """The aggregate types, parsed from ``aggregates``."""
+        return tuple(a.strip() for a in self.aggregates.split(",") if a.strip())
+
+    @property
+    def transactional_id(self) -> str:
+        """Stable per instance, so a restarted instance fences its predecessor and aborts its open txn."""
+        return f"{self.group_id}-{self.instance_id}"
+
+
 def _default_schema_dir() -> Path:
     # The .avsc files live at the repository root, beside src/; editable installs keep that layout.
     return Path(__file__).resolve().parents[2] / "schemas"
@@ -143,6 +189,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     topics: TopicSettings = Field(default_factory=TopicSettings)
+    processor: ProcessorSettings = Field(default_factory=ProcessorSettings)
     schemas: SchemaSettings = Field(default_factory=SchemaSettings)
 
 

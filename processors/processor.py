@@ -1,0 +1,778 @@
+"""The exactly-once command loop: consume a batch of commands, decide, and write everything in one txn.
+
+One instance = one consumer (subscribed to ``commands.<aggregate>``, read_committed, no auto-commit) and
+one transactional producer whose ``transactional.id`` is stable per instance (``<group>-<instance>``).
+Per batch (up to ``batch_max_commands`` or ``batch_max_ms``)::
+
+    begin_transaction
+      per command: decode -> idempotency window -> execute(decide) -> produce events (explicit partition)
+      flush                              # the events now have offsets, which the results name
+      produce results (command-results), one snapshot per touched aggregate, dead letters
+      send_offsets_to_transaction(offsets after the batch, consumer_group_metadata())
+    commit_transaction                   # then, and only then, the new records replace the cached ones
+
+Fencing follows KIP-447 (confluent-kafka-python ``examples/eos_transactions.py``): the group metadata
+passed with the offsets carries the consumer's generation, so an instance that lost its partitions in a
+rebalance (a zombie) has its ``send_offsets_to_transaction`` refused and can only abort. A restarted
+instance with the same ``transactional.id`` fences its predecessor in ``init_transactions``, which also
+aborts whatever the predecessor left open. On any abortable error the batch is aborted, the consumer is
+rewound to the committed offsets and the cache is untouched (it only ever holds committed records).
+
+Rebalance callbacks only run inside ``consume()``, between batches, when no transaction is open; the
+assignment callback restores the state of the new partitions before the first of their commands is read.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from esflow.domain.aggregates import AGGREGATES, Aggregate, Rejection, execute
+from esflow.domain.messages import CommandEnvelope, EventEnvelope, EventMetadata
+from esflow.errors import (
+    CodecError,
+    ConfigError,
+    ProcessorError,
+    ProcessorFenced,
+    SchemaValidationError,
+    UnknownSchemaError,
+)
+from esflow.messaging import results as rc
+from esflow.messaging.codec import HEADER_ID, Codec
+from esflow.messaging.kafka import consumer_config, transactional_producer_config
+from esflow.messaging.results import CommandResult, EventRef
+from esflow.settings import KafkaSettings, ProcessorSettings, TopicSettings
+from processors.metrics import Metrics
+from processors.partitioning import partition_for
+from processors.restore import restore_partition
+from processors.state import HEADER_EVENTS_UNTIL, AggregateRecord, PartitionCache, ResultSlot
+
+log = logging.getLogger("esflow.processor")
+
+# Dead-letter headers: the reason and where the original came from (its own headers are kept too).
+DLQ_REASON = "esflow-dlq-reason"
+DLQ_ERROR = "esflow-dlq-error"
+DLQ_TOPIC = "esflow-dlq-topic"
+DLQ_PARTITION = "esflow-dlq-partition"
+DLQ_OFFSET = "esflow-dlq-offset"
+DLQ_PROCESSOR = "esflow-dlq-processor"
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The topic names one processor group reads and writes."""
+
+    prefix: str
+    aggregate_types: tuple[str, ...]
+
+    def commands(self, aggregate_type: str) -> str:
+        """``commands.<aggregate>``."""
+        return f"{self.prefix}commands.{aggregate_type}"
+
+    def events(self, aggregate_type: str) -> str:
+        """``events.<aggregate>``, co-partitioned with the commands."""
+        return f"{self.prefix}events.{aggregate_type}"
+
+    def snapshots(self, aggregate_type: str) -> str:
+        """``snapshots.<aggregate>``, compacted, co-partitioned with the commands."""
+        return f"{self.prefix}snapshots.{aggregate_type}"
+
+    @property
+    def results(self) -> str:
+        """``command-results``, compacted, keyed by command id."""
+        return f"{self.prefix}command-results"
+
+    @property
+    def dead_letter(self) -> str:
+        """``commands.dead-letter``."""
+        return f"{self.prefix}commands.dead-letter"
+
+    @property
+    def command_topics(self) -> list[str]:
+        """Every command topic the group subscribes to."""
+        return [self.commands(a) for a in self.aggregate_types]
+
+    @classmethod
+    def from_settings(cls, topics: TopicSettings, processor: ProcessorSettings) -> Topics:
+        """The names for the configured prefix and aggregate types."""
+        unknown = [a for a in processor.aggregate_types if a not in AGGREGATES]
+        if unknown or not processor.aggregate_types:
+            raise ConfigError(
+                f"unknown aggregate types {unknown} in ESFLOW_PROCESSOR_AGGREGATES",
+                hint=f"choose among {', '.join(AGGREGATES)}",
+            )
+        return cls(topics.prefix, processor.aggregate_types)
+
+
+@dataclass
+class _Pending:
+    """One command's answer, produced after the batch's events have offsets."""
+
+    command_id: uuid.UUID
+    slot: ResultSlot
+    result: CommandResult | None
+    key: tuple[str, int, str] | None = None
+    """The aggregate's batch key when the command appended events."""
+    """None for a duplicate: the slot already holds (or will hold) the stored result."""
+    refs: list[list[Any]] = field(default_factory=list)
+    """Per event: [event_id, type, version, topic, partition, offset-or-None], offset set on delivery."""
+
+
+class _Batch:
+    """The working set of one transaction: new records, answers, dead letters and offsets."""
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, int, str], AggregateRecord] = {}
+        self.pending: list[_Pending] = []
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.events_until: dict[tuple[str, int], int] = {}
+        self.size = 0
+        self.delivery_error: KafkaError | None = None
+
+
+class Processor:
+    """One command-processor instance."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topics: TopicSettings,
+        settings: ProcessorSettings,
+        codec: Codec,
+        *,
+        metrics: Metrics | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.kafka = kafka
+        self.settings = settings
+        self.codec = codec
+        self.topics = Topics.from_settings(topics, settings)
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self._by_topic: dict[str, Aggregate[Any]] = {
+            self.topics.commands(a): AGGREGATES[a] for a in self.topics.aggregate_types
+        }
+        self._caches: dict[tuple[str, int], PartitionCache] = {}
+        self._partitions: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._last_lag = 0.0
+        self.committed_batches = 0
+        self.aborted_batches = 0
+
+    # ------------------------------------------------------------------------------ life cycle
+
+    def stop(self) -> None:
+        """Ask the loop to finish its current batch and leave (safe from signal handlers and threads)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stop.is_set()
+
+    def start(self) -> None:
+        """Check the topics, fence predecessors (``init_transactions``) and join the group."""
+        self._partitions = self._check_topics()
+        self._producer = Producer(
+            transactional_producer_config(
+                self.kafka,
+                self.settings.transactional_id,
+                **{
+                    "client.id": f"esflow-processor-{self.settings.instance_id}",
+                    "transaction.timeout.ms": self.settings.transaction_timeout_ms,
+                    "linger.ms": 2,
+                    "batch.num.messages": 10000,
+                    "queue.buffering.max.messages": 500000,
+                },
+            )
+        )
+        try:
+            self._producer.init_transactions(60)
+        except KafkaException as exc:
+            raise ProcessorError(f"init_transactions failed: {exc.args[0].str()}") from exc
+        overrides: dict[str, Any] = {
+            "client.id": f"esflow-processor-{self.settings.instance_id}",
+            "session.timeout.ms": self.settings.session_timeout_ms,
+            "heartbeat.interval.ms": max(1000, self.settings.session_timeout_ms // 4),
+            # Restores run inside the assignment callback: allow for the longest one.
+            "max.poll.interval.ms": max(300_000, int(self.settings.restore_timeout_s * 1000) + 60_000),
+            "enable.partition.eof": False,
+            "partition.assignment.strategy": "range",
+        }
+        if self.settings.static_membership:
+            overrides["group.instance.id"] = self.settings.transactional_id
+        self._consumer = Consumer(consumer_config(self.kafka, self.settings.group_id, **overrides))
+        self._consumer.subscribe(
+            self.topics.command_topics,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+
+    def close(self) -> None:
+        """Leave the group and release the clients (no transaction is open between batches)."""
+        if self._consumer is not None:
+            try:
+                self._consumer.close()
+            except KafkaException as exc:  # closing after a fatal error; nothing left to save
+                log.warning("consumer close failed: %s", exc)
+            self._consumer = None
+        if self._producer is not None:
+            self._producer.flush(10)
+            self._producer = None
+        self.metrics.ready = False
+
+    def run(self) -> None:
+        """Start, loop until :meth:`stop`, then close."""
+        self.start()
+        try:
+            while not self._stop.is_set():
+                self.run_once()
+        finally:
+            self.close()
+
+    def run_once(self) -> int:
+        """Consume one batch and process it in one transaction; returns the number of messages."""
+        consumer = self._require_consumer()
+        messages = consumer.consume(
+            num_messages=self.settings.batch_max_commands, timeout=self.settings.batch_max_ms / 1000
+        )
+        self.metrics.turn()
+        if messages:
+            self.process(messages)
+        self._maybe_update_lag()
+        return len(messages)
+
+    # ------------------------------------------------------------------------------ the batch
+
+    def process(self, messages: Sequence[Message]) -> None:
+        """Handle ``messages`` in one Kafka transaction; abort and rewind on any Kafka error."""
+        producer = self._require_producer()
+        consumer = self._require_consumer()
+        started = time.perf_counter()
+        batch = _Batch()
+        try:
+            producer.begin_transaction()
+            for message in messages:
+                err = message.error()
+                if err is not None:
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        log.warning("consume error: %s", err.str())
+                    continue
+                topic, partition, offset = _where(message)
+                batch.offsets[(topic, partition)] = offset + 1
+                batch.size += 1
+                self._handle(message, batch)
+            # Wait for the events' delivery reports: the results name their offsets.
+            self._flush(producer)
+            if batch.delivery_error is not None:
+                raise KafkaException(batch.delivery_error)
+            self._produce_answers(batch)
+            offsets = [TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()]
+            producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
+            producer.commit_transaction(60)
+        except KafkaException as exc:
+            self._abort(exc)
+            return
+        for (topic, partition, _), record in batch.records.items():
+            cache = self._caches.get((topic, partition))
+            if cache is not None:
+                cache.put(record)
+        for key, until in batch.events_until.items():
+            self._caches[key].events_until = until
+        self.committed_batches += 1
+        self.metrics.transactions.labels("committed").inc()
+        self.metrics.transaction_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(batch.size)
+
+    def _flush(self, producer: Producer) -> None:
+        left = producer.flush(60)
+        if left:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"{left} messages not delivered in 60 s"))
+
+    def _abort(self, exc: KafkaException) -> None:
+        err: KafkaError = exc.args[0]
+        producer = self._require_producer()
+        self.aborted_batches += 1
+        self.metrics.transactions.labels("aborted").inc()
+        if err.fatal():
+            raise ProcessorFenced(
+                f"transactional producer {self.settings.transactional_id} failed fatally: {err.str()}",
+                hint="another instance with the same ESFLOW_PROCESSOR_INSTANCE_ID took over; this one stops",
+            ) from exc
+        log.warning("aborting the batch (%s); rewinding to the committed offsets", err.str())
+        try:
+            producer.abort_transaction(60)
+        except KafkaException as abort_exc:
+            if abort_exc.args[0].fatal():
+                raise ProcessorFenced(f"abort_transaction failed fatally: {abort_exc.args[0].str()}") from exc
+            raise ProcessorError(f"abort_transaction failed: {abort_exc.args[0].str()}") from exc
+        self._rewind()
+        # A broker-side refusal can repeat; do not spin on it.
+        time.sleep(min(1.0, 0.05 * self.aborted_batches))
+
+    def _rewind(self) -> None:
+        """Seek every assigned partition back to its committed offset (the cache is already there)."""
+        consumer = self._require_consumer()
+        assignment = consumer.assignment()
+        if not assignment:
+            return
+        for tp in consumer.committed(assignment, timeout=30):
+            if tp.offset < 0:
+                tp.offset = OFFSET_BEGINNING
+            try:
+                consumer.seek(tp)
+            except KafkaException as exc:
+                # Not rewinding would skip the aborted commands: stop rather than lose them.
+                raise ProcessorError(
+                    f"cannot rewind {tp.topic}[{tp.partition}]: {exc.args[0].str()}"
+                ) from exc
+
+    # ------------------------------------------------------------------------------ one command
+
+    def _handle(self, message: Message, batch: _Batch) -> None:
+        topic, partition, offset = _where(message)
+        aggregate = self._by_topic[topic]
+        value = message.value()
+        try:
+            envelope = self.codec.decode_command(
+                value if value is not None else b"", topic=topic, partition=partition, offset=offset
+            )
+        except CodecError as exc:
+            reason = (
+                rc.UNKNOWN_COMMAND_TYPE
+                if isinstance(exc, UnknownSchemaError)
+                else rc.INVALID_COMMAND
+                if isinstance(exc, SchemaValidationError)
+                else rc.UNDECODABLE
+            )
+            self._dead_letter(message, batch, aggregate, reason, exc.message)
+            return
+        meta = envelope.metadata
+        aggregate_id = str(meta.aggregate_id)
+        if meta.aggregate_type != aggregate.aggregate_type:
+            self._dead_letter(
+                message, batch, aggregate, rc.WRONG_TOPIC,
+                f"a {meta.aggregate_type} command on {topic}", envelope=envelope,
+            )  # fmt: skip
+            return
+        if message.key() != aggregate_id.encode():
+            self._dead_letter(
+                message, batch, aggregate, rc.WRONG_KEY,
+                f"key {message.key()!r} is not the aggregate id {aggregate_id}", envelope=envelope,
+            )  # fmt: skip
+            return
+        if self.settings.verify_partitioning:
+            expected = partition_for(aggregate_id.encode(), self._partitions[topic])
+            if expected != partition:
+                self._dead_letter(
+                    message, batch, aggregate, rc.WRONG_PARTITION,
+                    f"murmur2 puts this key on partition {expected}, not {partition}", envelope=envelope,
+                )  # fmt: skip
+                return
+        key = (topic, partition, aggregate_id)
+        record = batch.records.get(key)
+        if record is None:
+            record = self._caches[(topic, partition)].get(aggregate_id)
+        command_id = str(meta.command_id)
+        stored = record.find(command_id)
+        if stored is not None:
+            batch.pending.append(_Pending(meta.command_id, stored, None))
+            self.metrics.commands.labels(aggregate.aggregate_type, "duplicate", "").inc()
+            return
+        try:
+            decision = execute(
+                aggregate, record.state, record.version, envelope.command, meta.expected_version
+            )
+            if isinstance(decision, Rejection):
+                new_state = record.state
+            else:
+                new_state = aggregate.fold(decision, record.state)
+        except Exception as exc:  # a bug in decide/evolve must not stall the partition
+            log.exception("processing %s failed", command_id)
+            self._dead_letter(message, batch, aggregate, rc.PROCESSING_ERROR, repr(exc), envelope=envelope)
+            return
+        slot = ResultSlot()
+        now = self.clock()
+        if isinstance(decision, Rejection):
+            result = CommandResult(
+                command_id=meta.command_id,
+                status="rejected",
+                aggregate_type=aggregate.aggregate_type,
+                aggregate_id=aggregate_id,
+                version=record.version,
+                reason=decision.code,
+                message=decision.message,
+                details=decision.details,
+                correlation_id=meta.correlation_id,
+                processed_at=now,
+            )
+            batch.pending.append(_Pending(meta.command_id, slot, result))
+            batch.records[key] = record.remember(command_id, slot, self.settings.idempotency_window)
+            self.metrics.commands.labels(aggregate.aggregate_type, "rejected", decision.code).inc()
+            return
+        pending = _Pending(
+            meta.command_id,
+            slot,
+            key=key,
+            result=CommandResult(
+                command_id=meta.command_id,
+                status="accepted",
+                aggregate_type=aggregate.aggregate_type,
+                aggregate_id=aggregate_id,
+                version=record.version + len(decision),
+                correlation_id=meta.correlation_id,
+                processed_at=now,
+            ),
+        )
+        events_topic = self.topics.events(aggregate.aggregate_type)
+        producer = self._require_producer()
+        for i, event in enumerate(decision, start=1):
+            event_id = uuid.uuid4()
+            version = record.version + i
+            # Trusted values (validated command, our own counters): skip re-validation on the hot path.
+            env = EventEnvelope.model_construct(
+                metadata=EventMetadata.model_construct(
+                    event_id=event_id,
+                    aggregate_type=aggregate.aggregate_type,
+                    aggregate_id=meta.aggregate_id,
+                    aggregate_version=version,
+                    occurred_at=now,
+                    command_id=meta.command_id,
+                    correlation_id=meta.correlation_id,
+                    causation_id=meta.command_id,
+                ),
+                event=event,
+            )
+            ref: list[Any] = [event_id, event.type_name(), version, events_topic, partition, None]
+            pending.refs.append(ref)
+            self._produce(
+                producer,
+                events_topic,
+                self.codec.encode(env, topic=events_topic),
+                aggregate_id.encode(),
+                partition,
+                self.codec.headers(env),
+                on_delivery=self._on_event_delivery(ref, batch),
+            )
+        batch.pending.append(pending)
+        batch.records[key] = AggregateRecord(
+            aggregate_id=aggregate_id,
+            version=record.version + len(decision),
+            state=new_state,
+            last_event_offset=record.last_event_offset,  # set once the events have offsets
+            recent=record.recent,
+        ).remember(command_id, slot, self.settings.idempotency_window)
+        self.metrics.commands.labels(aggregate.aggregate_type, "accepted", "").inc()
+        self.metrics.events.labels(aggregate.aggregate_type).inc(len(decision))
+
+    @staticmethod
+    def _on_event_delivery(ref: list[Any], batch: _Batch) -> Callable[[KafkaError | None, Message], None]:
+        def done(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                batch.delivery_error = err
+            else:
+                ref[5] = msg.offset()
+
+        return done
+
+    def _produce_answers(self, batch: _Batch) -> None:
+        """Results, then one snapshot per touched aggregate; all inside the open transaction."""
+        producer = self._require_producer()
+        last_offsets: dict[tuple[str, int, str], int] = {}
+        for pending in batch.pending:
+            if pending.result is not None:
+                result = pending.result
+                if pending.refs and pending.key is not None:
+                    last_offsets[pending.key] = max(r[5] for r in pending.refs)
+                    result = result.model_copy(
+                        update={
+                            "events": tuple(
+                                EventRef(event_id=r[0], type=r[1], aggregate_version=r[2], topic=r[3],
+                                         partition=r[4], offset=r[5])
+                                for r in pending.refs
+                            )
+                        }
+                    )  # fmt: skip
+                pending.slot.data = result.to_bytes()
+                headers = result.headers()
+            else:
+                headers = [
+                    ("content-type", rc.RESULT_CONTENT_TYPE.encode()),
+                    ("esflow-result-replayed", b"1"),
+                ]
+            if pending.slot.data is None:  # pragma: no cover - slots are filled in batch order
+                raise ProcessorError(f"result of {pending.command_id} missing")
+            self._produce(
+                producer,
+                self.topics.results,
+                pending.slot.data,
+                str(pending.command_id).encode(),
+                None,
+                headers,
+            )
+        for key, last in last_offsets.items():
+            batch.records[key] = replace(batch.records[key], last_event_offset=last)
+        for (topic, partition, _), record in batch.records.items():
+            last = record.last_event_offset
+            cache_key = (topic, partition)
+            until = max(batch.events_until.get(cache_key, self._caches[cache_key].events_until), last)
+            batch.events_until[cache_key] = until
+        for (topic, partition, aggregate_id), record in batch.records.items():
+            aggregate = self._by_topic[topic]
+            self._produce(
+                producer,
+                self.topics.snapshots(aggregate.aggregate_type),
+                record.to_snapshot(aggregate),
+                aggregate_id.encode(),
+                partition,
+                [(HEADER_EVENTS_UNTIL, str(batch.events_until[(topic, partition)]).encode())],
+            )
+
+    def _dead_letter(
+        self,
+        message: Message,
+        batch: _Batch,
+        aggregate: Aggregate[Any],
+        reason: str,
+        error: str,
+        *,
+        envelope: CommandEnvelope | None = None,
+    ) -> None:
+        """Original bytes and headers to the dead-letter topic; a rejected result when the id is readable."""
+        self.metrics.dead_letters.labels(reason).inc()
+        self.metrics.commands.labels(aggregate.aggregate_type, "dead_letter", reason).inc()
+        topic, partition, offset = _where(message)
+        headers = _headers(message)
+        headers += [
+            (DLQ_REASON, reason.encode()),
+            (DLQ_ERROR, error[:2000].encode()),
+            (DLQ_TOPIC, topic.encode()),
+            (DLQ_PARTITION, str(partition).encode()),
+            (DLQ_OFFSET, str(offset).encode()),
+            (DLQ_PROCESSOR, self.settings.transactional_id.encode()),
+        ]
+        log.warning(
+            "dead-lettering %s[%d]@%d: %s (%s)",
+            topic,
+            partition,
+            offset,
+            reason,
+            error,
+        )
+        producer = self._require_producer()
+        self._produce(producer, self.topics.dead_letter, message.value(), message.key(), None, headers)
+        command_id, correlation_id = self._readable_ids(message, envelope)
+        if command_id is None:
+            return
+        result = CommandResult(
+            command_id=command_id,
+            status="rejected",
+            aggregate_type=aggregate.aggregate_type,
+            aggregate_id=str(envelope.metadata.aggregate_id) if envelope is not None else None,
+            reason=reason,
+            message=error[:2000],
+            correlation_id=correlation_id,
+            processed_at=self.clock(),
+        )
+        batch.pending.append(_Pending(command_id, ResultSlot(), result))
+
+    def _readable_ids(
+        self, message: Message, envelope: CommandEnvelope | None
+    ) -> tuple[uuid.UUID | None, uuid.UUID | None]:
+        """The command id (and correlation id) of a bad command, from wherever they can still be read."""
+        if envelope is not None:
+            return envelope.metadata.command_id, envelope.metadata.correlation_id
+        try:
+            # The Avro body may be fine and only the model check failed: its metadata is then readable.
+            record = self.codec.decode_record(message.value() or b"")
+            meta = record.record.get("metadata") or {}
+            cid = meta.get("command_id")
+            if cid is not None:
+                corr = meta.get("correlation_id")
+                return uuid.UUID(str(cid)), uuid.UUID(str(corr)) if corr is not None else None
+        except (CodecError, ValueError, TypeError, AttributeError):
+            pass
+        for name, raw in _headers(message):
+            if name == HEADER_ID:
+                try:
+                    return uuid.UUID(raw.decode("ascii", "replace")), None
+                except ValueError:
+                    return None, None
+        return None, None
+
+    @staticmethod
+    def _produce(
+        producer: Producer,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        partition: int | None,
+        headers: list[tuple[str, bytes]],
+        on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+    ) -> None:
+        kwargs: dict[str, Any] = {"key": key, "headers": headers}
+        if partition is not None:
+            kwargs["partition"] = partition
+        if on_delivery is not None:
+            kwargs["on_delivery"] = on_delivery
+        while True:
+            try:
+                producer.produce(topic, value, **kwargs)
+                return
+            except BufferError:
+                producer.poll(0.05)  # the local queue is full: let deliveries drain it
+
+    # ------------------------------------------------------------------------------ rebalance
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        started = time.perf_counter()
+        self.metrics.ready = False
+        self.metrics.restore_records.set(0)
+        for tp in partitions:
+            aggregate = self._by_topic[tp.topic]
+            cache = PartitionCache(aggregate, tp.partition)
+            restore_partition(
+                self.kafka,
+                self.codec,
+                cache,
+                snapshots_topic=self.topics.snapshots(aggregate.aggregate_type),
+                events_topic=self.topics.events(aggregate.aggregate_type),
+                window=self.settings.idempotency_window,
+                timeout_s=self.settings.restore_timeout_s,
+                progress=self.metrics.restore_records.inc,
+            )
+            self._caches[(tp.topic, tp.partition)] = cache
+        elapsed = time.perf_counter() - started
+        self.metrics.restore_seconds.set(elapsed)
+        self._refresh_gauges()
+        self.metrics.ready = True
+        log.info(
+            "assigned %s; restored %d aggregates in %.2fs",
+            sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions),
+            sum(len(c) for c in self._caches.values()),
+            elapsed,
+        )
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._caches.pop((tp.topic, tp.partition), None)
+        self._refresh_gauges()
+        log.info("revoked %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._on_revoke(consumer, partitions)
+
+    def _refresh_gauges(self) -> None:
+        self.metrics.assigned_partitions.set(len(self._caches))
+        self.metrics.cached_aggregates.set(sum(len(c) for c in self._caches.values()))
+
+    def _maybe_update_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._last_lag < 5 or self._consumer is None:
+            return
+        self._last_lag = now
+        lag: dict[str, int] = {}
+        try:
+            assignment = self._consumer.assignment()
+            for tp in self._consumer.position(assignment):
+                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if tp.offset >= 0 and high >= 0:
+                    lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - tp.offset)
+        except KafkaException:
+            return
+        for topic in self.topics.command_topics:
+            self.metrics.lag.labels(topic).set(lag.get(topic, 0))
+        self._refresh_gauges()
+
+    # ------------------------------------------------------------------------------ helpers
+
+    def cache(self, topic: str, partition: int) -> PartitionCache | None:
+        """The cache of one assigned partition (tests and tools)."""
+        return self._caches.get((topic, partition))
+
+    @property
+    def consumer(self) -> Consumer:
+        """The group consumer (tests drive it step by step)."""
+        return self._require_consumer()
+
+    @property
+    def producer(self) -> Producer:
+        """The transactional producer."""
+        return self._require_producer()
+
+    def _require_consumer(self) -> Consumer:
+        if self._consumer is None:
+            raise ProcessorError("the processor is not started")
+        return self._consumer
+
+    def _require_producer(self) -> Producer:
+        if self._producer is None:
+            raise ProcessorError("the processor is not started")
+        return self._producer
+
+    def _check_topics(self) -> dict[str, int]:
+        from confluent_kafka.admin import AdminClient
+
+        from esflow.messaging.kafka import common_config
+
+        admin = AdminClient(common_config(self.kafka))
+        try:
+            md = admin.list_topics(timeout=30)
+        except KafkaException as exc:
+            raise ProcessorError(f"cannot read topic metadata: {exc.args[0].str()}") from exc
+        counts = {name: len(t.partitions) for name, t in md.topics.items() if t.error is None}
+        needed = [self.topics.results, self.topics.dead_letter]
+        for a in self.topics.aggregate_types:
+            needed += [self.topics.commands(a), self.topics.events(a), self.topics.snapshots(a)]
+        missing = [t for t in needed if t not in counts]
+        if missing:
+            raise ConfigError(f"missing topics: {', '.join(missing)}", hint="run `esflow topics apply`")
+        for a in self.topics.aggregate_types:
+            n = {
+                counts[self.topics.commands(a)],
+                counts[self.topics.events(a)],
+                counts[self.topics.snapshots(a)],
+            }
+            if len(n) != 1:
+                raise ConfigError(
+                    f"{a}: commands, events and snapshots topics must be co-partitioned, have {sorted(n)}",
+                    hint="the catalogue declares equal partition counts; migrate the odd topic",
+                )
+        return {self.topics.commands(a): counts[self.topics.commands(a)] for a in self.topics.aggregate_types}
+
+
+def _where(message: Message) -> tuple[str, int, int]:
+    """Topic, partition and offset of a consumed message (never None for a message without error)."""
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    if topic is None or partition is None or offset is None:  # pragma: no cover - librdkafka contract
+        raise ProcessorError("a consumed message without topic, partition or offset")
+    return topic, partition, offset
+
+
+def _headers(message: Message) -> list[tuple[str, bytes]]:
+    """A message's headers as (name, bytes) pairs (a header without value becomes b"")."""
+    out: list[tuple[str, bytes]] = []
+    for item in message.headers() or ():
+        name, value = item[0], item[1]
+        if isinstance(name, str):
+            out.append((name, value if isinstance(value, bytes) else (value or "").encode()))
+    return out

@@ -1,0 +1,79 @@
+"""The answer to a command, as written to the compacted ``command-results`` topic (key = command id).
+
+JSON rather than Avro: results are an internal request/response channel between esflow's own
+producers and its processor, never part of the event log, and the processor stores recent results
+verbatim inside aggregate snapshots (the idempotency window), so re-sending one is a byte copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Status = Literal["accepted", "rejected"]
+
+RESULT_CONTENT_TYPE = "application/vnd.esflow.command-result+json"
+HEADER_STATUS = "esflow-result-status"
+HEADER_REASON = "esflow-result-reason"
+
+# Reason codes of results that no aggregate decided (bad input found before the aggregate was asked).
+UNDECODABLE = "undecodable"
+UNKNOWN_COMMAND_TYPE = "unknown_command_type"
+INVALID_COMMAND = "invalid_command"
+WRONG_TOPIC = "wrong_topic"
+WRONG_KEY = "wrong_key"
+WRONG_PARTITION = "wrong_partition"
+PROCESSING_ERROR = "processing_error"
+
+
+class EventRef(BaseModel):
+    """Where one appended event landed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: UUID
+    type: str
+    aggregate_version: int
+    topic: str
+    partition: int
+    offset: int
+
+
+class CommandResult(BaseModel):
+    """What became of one command: accepted (new version, appended events) or rejected (reason code)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    command_id: UUID
+    status: Status
+    aggregate_type: str | None = None
+    aggregate_id: str | None = None
+    version: int | None = Field(
+        None, description="The aggregate's version after the command (unchanged when rejected)."
+    )
+    events: tuple[EventRef, ...] = ()
+    reason: str | None = Field(None, description="Machine-readable reason code when rejected.")
+    message: str | None = None
+    details: Mapping[str, str | int | None] = Field(default_factory=dict)
+    correlation_id: UUID | None = None
+    processed_at: datetime
+
+    def to_bytes(self) -> bytes:
+        """The JSON value written to ``command-results``."""
+        return self.model_dump_json(exclude_defaults=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CommandResult:
+        """Parse a value of ``command-results``."""
+        return cls.model_validate_json(data)
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        """Headers for filtering results without parsing them."""
+        out = [("content-type", RESULT_CONTENT_TYPE.encode()), (HEADER_STATUS, self.status.encode())]
+        if self.reason:
+            out.append((HEADER_REASON, self.reason.encode()))
+        return out
