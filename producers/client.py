@@ -17,12 +17,14 @@ from uuid import UUID
 from confluent_kafka import KafkaError, Message, Producer
 
 from esflow.domain.messages import Command, CommandEnvelope
-from esflow.errors import DeliveryFailed
+from esflow.errors import DeliveryFailed, ResultTimeout
 from esflow.messaging.codec import Codec
 from esflow.messaging.kafka import producer_config
+from esflow.messaging.results import CommandResult
 from esflow.messaging.topics import command_topic
 from esflow.settings import Settings, load_settings
 from producers.commands import envelope as make_envelope
+from producers.results import ResultListener
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,14 @@ class CommandClient:
                 },
             )
         )
+        self._listener: ResultListener | None = None
+        self._listener_lock = threading.Lock()
+
+    def _results(self) -> ResultListener:
+        with self._listener_lock:
+            if self._listener is None:
+                self._listener = ResultListener(self.settings)
+            return self._listener
 
     def topic_for(self, env: CommandEnvelope) -> str:
         """The command topic of the envelope's aggregate type."""
@@ -171,9 +181,60 @@ class CommandClient:
             raise failures[0]
         return [o for o in outcomes if isinstance(o, SendReceipt)]
 
+    def send_and_wait(
+        self,
+        command: Command | CommandEnvelope,
+        aggregate_id: UUID | None = None,
+        *,
+        timeout: float = 30.0,
+        **metadata: Any,
+    ) -> CommandResult:
+        """Send a command and return its result: accepted (version, event offsets) or rejected (reason).
+
+        Raises :class:`~esflow.errors.ResultTimeout` when no result arrives within ``timeout`` seconds.
+        """
+        env = _as_envelope(command, aggregate_id, metadata)
+        return self.send_many_and_wait([env], timeout=timeout)[0]
+
+    def send_many_and_wait(
+        self, envelopes: Sequence[CommandEnvelope], *, timeout: float = 60.0
+    ) -> list[CommandResult]:
+        """Send commands pipelined and return their results in input order."""
+        listener = self._results()
+        results: dict[UUID, CommandResult] = {}
+        all_in = threading.Event()
+        lock = threading.Lock()
+        wanted = {env.metadata.command_id for env in envelopes}
+
+        def arrived(result: CommandResult) -> None:
+            with lock:
+                results[result.command_id] = result
+                if len(results) == len(wanted):
+                    all_in.set()
+
+        # Waiters are registered before the send, so no result can slip past.
+        for env in envelopes:
+            listener.expect(env.metadata.command_id, arrived)
+        try:
+            self.send_many(envelopes)
+            if not all_in.wait(timeout):
+                missing = [e for e in envelopes if e.metadata.command_id not in results]
+                first = missing[0]
+                raise ResultTimeout(
+                    f"no result for {len(missing)} of {len(envelopes)} commands within {timeout:.0f}s "
+                    f"(first: {first.command.type_name()} {first.metadata.command_id})",
+                    hint="is the command processor running? (`esflow processor run`)",
+                )
+        finally:
+            for env in envelopes:
+                listener.forget(env.metadata.command_id)
+        return [results[env.metadata.command_id] for env in envelopes]
+
     def close(self) -> None:
-        """Deliver anything still queued."""
+        """Deliver anything still queued and stop waiting for results."""
         self._producer.flush(self.delivery_timeout_s)
+        if self._listener is not None:
+            self._listener.close()
 
     def __enter__(self) -> CommandClient:
         return self
@@ -235,6 +296,31 @@ class AsyncCommandClient:
             self._sync._produce(env, resolver(fut, env))
         return list(await asyncio.gather(*futures))
 
+    async def send_and_wait(
+        self,
+        command: Command | CommandEnvelope,
+        aggregate_id: UUID | None = None,
+        *,
+        timeout: float = 30.0,
+        **metadata: Any,
+    ) -> CommandResult:
+        """Send a command and await its result (see :meth:`CommandClient.send_and_wait`)."""
+        env = _as_envelope(command, aggregate_id, metadata)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[CommandResult] = loop.create_future()
+        listener = await asyncio.to_thread(self._sync._results)
+        listener.expect(env.metadata.command_id, lambda r: loop.call_soon_threadsafe(_settle_result, fut, r))
+        try:
+            await self.send(env)
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError as exc:
+            raise ResultTimeout(
+                f"no result for {env.command.type_name()} {env.metadata.command_id} within {timeout:.0f}s",
+                hint="is the command processor running? (`esflow processor run`)",
+            ) from exc
+        finally:
+            listener.forget(env.metadata.command_id)
+
     async def close(self) -> None:
         """Deliver anything queued and stop the poll thread."""
         await asyncio.to_thread(self._sync.close)
@@ -255,3 +341,8 @@ def _settle(fut: asyncio.Future[SendReceipt], outcome: SendReceipt | DeliveryFai
         fut.set_exception(outcome)
     else:
         fut.set_result(outcome)
+
+
+def _settle_result(fut: asyncio.Future[CommandResult], result: CommandResult) -> None:
+    if not fut.done():
+        fut.set_result(result)

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from esflow.errors import BrokerUnavailable, KafkaOperationError
@@ -69,6 +69,26 @@ def partition_for(key: bytes, partitions: int) -> int:
     return int(murmur2(key, partitions))
 
 
+def watermarks(consumer: Consumer, topic: str, partition: int, *, timeout_s: float = 30.0) -> tuple[int, int]:
+    """Low and high watermark of a partition, retrying while leadership settles.
+
+    Right after a topic is created (or a broker restarts) metadata can name a leader that does not yet
+    know it leads: the broker answers NOT_LEADER_FOR_PARTITION, which is retriable.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+            return int(low), int(high)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if not err.retriable() and err.code() != KafkaError.NOT_LEADER_FOR_PARTITION:
+                raise KafkaOperationError(f"watermarks of {topic}[{partition}]: {err.str()}") from exc
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(f"no leader answered for {topic}[{partition}]: {err.str()}") from exc
+            time.sleep(0.1)
+
+
 def read_to_end(
     kafka: KafkaSettings,
     topic: str,
@@ -99,7 +119,7 @@ def read_to_end(
             wanted = [partition_for(key, len(meta.partitions))]
         ends: dict[int, int] = {}
         for p in wanted:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            low, high = watermarks(consumer, topic, p, timeout_s=timeout_s)
             if high > low:
                 ends[p] = high
         if not ends:
