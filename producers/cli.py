@@ -10,16 +10,19 @@ import json
 import sys
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 from confluent_kafka import Consumer, TopicPartition
 
+from esflow.domain.aggregates import AGGREGATES as AGGREGATE_TYPES
 from esflow.domain.messages import CommandEnvelope, EventEnvelope
 from esflow.errors import ClientError, CodecError, CommandValidationError, EsflowError
 from esflow.messaging.codec import Codec
 from esflow.messaging.kafka import consumer_config, read_to_end
+from esflow.messaging.results import CommandResult
 from esflow.messaging.topics import AGGREGATES, event_topic
 from esflow.settings import load_settings
 from producers.client import CommandClient, SendReceipt
@@ -53,6 +56,10 @@ def _parse_json(text: str, where: str) -> dict[str, Any]:
     return raw
 
 
+def _result_json(r: CommandResult) -> str:
+    return r.model_dump_json(exclude_defaults=True)
+
+
 @click.command()
 @click.argument("command_type", required=False)
 @click.option("--json", "json_text", help="The command as one JSON object (fields + optional metadata).")
@@ -62,27 +69,38 @@ def _parse_json(text: str, where: str) -> dict[str, Any]:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A JSONL file, one command a line ('type' key per line, or COMMAND_TYPE for all).",
 )
-def send(command_type: str | None, json_text: str | None, file_path: Path | None) -> None:
-    """Validate and publish commands; prints one JSON receipt per command sent.
+@click.option("--wait", is_flag=True, help="Wait for each command's result from the processor.")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for results.")
+def send(
+    command_type: str | None, json_text: str | None, file_path: Path | None, wait: bool, timeout: float
+) -> None:
+    """Validate and publish commands; prints one JSON receipt (or, with --wait, result) per command.
 
     Metadata keys in the JSON: aggregate_id, expected_version, command_id, correlation_id, causation_id.
+    With --wait the exit code is 2 when a command was rejected.
     """
     if (json_text is None) == (file_path is None):
         raise click.UsageError("give exactly one of --json or --file")
     if json_text is not None:
         env = from_json(command_type, _parse_json(json_text, ""))
         with CommandClient() as client:
-            click.echo(_receipt_json(client.send(env)))
+            if not wait:
+                click.echo(_receipt_json(client.send(env)))
+                return
+            result = client.send_and_wait(env, timeout=timeout)
+        click.echo(_result_json(result))
+        if result.status == "rejected":
+            click.echo(f"esflow: rejected: {result.reason}: {result.message}", err=True)
+            sys.exit(2)
         return
     assert file_path is not None
-    _send_file(command_type, file_path)
+    _send_file(command_type, file_path, wait=wait, timeout=timeout)
 
 
-def _send_file(command_type: str | None, path: Path) -> None:
-    lines = path.read_text().splitlines()
+def _send_file(command_type: str | None, path: Path, *, wait: bool, timeout: float) -> None:
     envelopes: list[CommandEnvelope] = []
     bad: list[str] = []
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -91,24 +109,35 @@ def _send_file(command_type: str | None, path: Path) -> None:
             bad.append(f"{path.name}:{number}: {exc.one_line()}")
     for message in bad:
         click.echo(f"esflow: error: {message}", err=True)
-    sent: list[SendReceipt] = []
     failed: list[str] = []
-    with (
-        CommandClient() as client,
-        click.progressbar(length=len(envelopes), label="sending", file=sys.stderr) as bar,
-    ):
+    with CommandClient() as client:
+        if wait:
+            results = client.send_many_and_wait(envelopes, timeout=timeout) if envelopes else []
+            for r in results:
+                click.echo(_result_json(r))
+            accepted = sum(1 for r in results if r.status == "accepted")
+            reasons = Counter(r.reason or "?" for r in results if r.status == "rejected")
+            detail = ", ".join(f"{k} {n}" for k, n in sorted(reasons.items()))
+            rejected = f"rejected {sum(reasons.values())}" + (f" ({detail})" if detail else "")
+            click.echo(f"accepted {accepted}; {rejected}; invalid {len(bad)}", err=True)
+            if bad:
+                sys.exit(1)
+            if reasons:
+                sys.exit(2)
+            return
+        with click.progressbar(length=len(envelopes), label="sending", file=sys.stderr) as bar:
 
-        def on_ack(outcome: SendReceipt | EsflowError) -> None:
-            bar.update(1)
-            if isinstance(outcome, EsflowError):
-                failed.append(outcome.one_line())
+            def on_ack(outcome: SendReceipt | EsflowError) -> None:
+                bar.update(1)
+                if isinstance(outcome, EsflowError):
+                    failed.append(outcome.one_line())
 
-        sent = client.send_many(envelopes, on_ack=on_ack, raise_on_failure=False)
-    for r in sent:
-        click.echo(_receipt_json(r))
+            sent = client.send_many(envelopes, on_ack=on_ack, raise_on_failure=False)
+    for receipt in sent:
+        click.echo(_receipt_json(receipt))
     for message in failed:
         click.echo(f"esflow: error: {message}", err=True)
-    by_type = Counter(r.command_type for r in sent)
+    by_type = Counter(receipt.command_type for receipt in sent)
     summary = ", ".join(f"{t} {n}" for t, n in sorted(by_type.items())) or "none"
     click.echo(f"sent {len(sent)} ({summary}); invalid {len(bad)}; not acknowledged {len(failed)}", err=True)
     if bad or failed:
@@ -206,6 +235,52 @@ def history(aggregate_type: str, aggregate_id: uuid.UUID, as_json: bool) -> None
             f"{m.aggregate_version:>4}  {m.occurred_at.isoformat(timespec='microseconds')[:26]:<26}  "
             f"{env.event.type_name():<24}  {m.command_id!s:<36}  {m.correlation_id}"
         )
+
+
+@aggregate.command()
+@click.argument("aggregate_type", type=click.Choice(AGGREGATES))
+@click.argument("aggregate_id", type=click.UUID)
+@click.option("--version", "at_version", type=click.IntRange(min=1), help="State after this version.")
+@click.option(
+    "--as-of",
+    "as_of",
+    type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"]),
+    help="State as of this instant (ISO 8601; no zone means UTC).",
+)
+def state(
+    aggregate_type: str, aggregate_id: uuid.UUID, at_version: int | None, as_of: datetime | None
+) -> None:
+    """An aggregate's state, rebuilt by folding its events (at a version or an instant, or now)."""
+    if at_version is not None and as_of is not None:
+        raise click.UsageError("give at most one of --version and --as-of")
+    events = load_history(aggregate_type, aggregate_id)
+    if not events:
+        raise ClientError(f"no events for {aggregate_type} {aggregate_id}")
+    if at_version is not None:
+        if at_version > events[-1].metadata.aggregate_version:
+            raise ClientError(
+                f"{aggregate_type} {aggregate_id} has only {events[-1].metadata.aggregate_version} versions"
+            )
+        events = [e for e in events if e.metadata.aggregate_version <= at_version]
+    if as_of is not None:
+        instant = as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC)
+        events = [e for e in events if e.metadata.occurred_at <= instant]
+        if not events:
+            raise ClientError(f"{aggregate_type} {aggregate_id} did not exist yet at {instant.isoformat()}")
+    folded = AGGREGATE_TYPES[aggregate_type].fold([e.event for e in events])
+    last = events[-1].metadata
+    click.echo(
+        json.dumps(
+            {
+                "aggregate_type": aggregate_type,
+                "aggregate_id": str(aggregate_id),
+                "version": last.aggregate_version,
+                "as_of": last.occurred_at.isoformat(),
+                "state": folded.model_dump(mode="json") if folded is not None else None,
+            },
+            indent=2,
+        )
+    )
 
 
 def load_history(aggregate_type: str, aggregate_id: uuid.UUID) -> list[EventEnvelope]:
