@@ -126,6 +126,9 @@ class ProcessorSettings(BaseSettings):
         10000, ge=1000, description="Broker aborts a transaction left open this long (a dead instance's)."
     )
     session_timeout_ms: int = Field(10000, ge=1000, description="Consumer group session timeout.")
+    max_poll_interval_ms: int = Field(
+        300000, ge=1000, description="A loop stalled this long leaves the group (raised to cover restores)."
+    )
     static_membership: bool = Field(
         False,
         description="Use group.instance.id: a restart within the session timeout keeps its partitions "
@@ -180,6 +183,35 @@ class SchemaSettings(BaseSettings):
     )
 
 
+BadInputPolicy = Literal["dead_letter", "halt"]
+
+
+class ProjectionSettings(BaseSettings):
+    """The projections: batching, retries, bad input, ports and the read-model schema."""
+
+    model_config = SettingsConfigDict(env_prefix="ESFLOW_PROJECTION_", extra="ignore")
+
+    db_schema: str = Field(
+        "public", pattern=r"^[a-z_][a-z0-9_]*$", description="PostgreSQL schema holding the read models."
+    )
+    group_prefix: str = Field(
+        "esflow-projection", description="Consumer group (and Faust app id) prefix; the name is appended."
+    )
+    batch_size: int = Field(2000, ge=1, description="Most events applied in one Postgres transaction.")
+    batch_window_s: float = Field(0.5, gt=0, description="Longest wait to fill a batch before applying it.")
+    on_bad_input: BadInputPolicy = Field(
+        "dead_letter",
+        description="Undecodable or unknown events: dead-letter them (projection_dead_letters) or halt.",
+    )
+    retry_initial_s: float = Field(0.2, gt=0, description="First back-off after a failed database batch.")
+    retry_max_s: float = Field(10.0, gt=0, description="Longest back-off between database retries.")
+    checkpoint_timeout_s: float = Field(
+        120.0, gt=0, description="How long a worker waits for Postgres to read checkpoints on assignment."
+    )
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port; 0 disables it.")
+    web_port: int = Field(0, ge=0, le=65535, description="Faust web server port; 0 disables it.")
+
+
 class Settings(BaseSettings):
     """All settings, grouped by concern."""
 
@@ -191,6 +223,7 @@ class Settings(BaseSettings):
     topics: TopicSettings = Field(default_factory=TopicSettings)
     processor: ProcessorSettings = Field(default_factory=ProcessorSettings)
     schemas: SchemaSettings = Field(default_factory=SchemaSettings)
+    projections: ProjectionSettings = Field(default_factory=ProjectionSettings)
 
 
 def load_settings() -> Settings:

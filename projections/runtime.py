@@ -1,0 +1,153 @@
+"""The Faust side of a projection: one app (one consumer group) per projection, one agent, batches.
+
+``build`` wires a :class:`~esflow.readmodel.projection.Projection` and a decoder into a
+:class:`~projections.transport.ProjectionApp`: a single agent with ``concurrency=1`` (per-partition
+order is the projection's correctness) takes batches with ``take_events`` and hands each, off the
+event loop, to a :class:`~esflow.readmodel.applier.BatchApplier`, which applies it in one Postgres
+transaction with its checkpoints and retries through outages inside the loop: nothing but shutdown
+escapes the loop, because Faust acks and skips a batch whose processing raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faust.types
+
+from esflow.messaging.topics import event_topic
+from esflow.readmodel.applier import BatchApplier, Stopping
+from esflow.readmodel.projection import TP, Decoder, Projection, RawEvent
+from esflow.readmodel.store import ProjectionStore
+from esflow.settings import KafkaSettings, ProjectionSettings, TopicSettings
+from projections.metrics import PrometheusObserver
+from projections.transport import ProjectionApp, with_timeout
+
+log = logging.getLogger("esflow.projections")
+
+
+@dataclass
+class Runtime:
+    """A built projection: its Faust app, the agent's applier and the topics it reads."""
+
+    app: ProjectionApp
+    applier: BatchApplier
+    topics: tuple[str, ...]
+    agent: Any
+
+
+def event_topics(projection: Projection[Any], topics: TopicSettings) -> tuple[str, ...]:
+    """The event topics a projection reads, with the configured prefix."""
+    return tuple(event_topic(aggregate, topics) for aggregate in projection.aggregates)
+
+
+def build(
+    projection: Projection[Any],
+    decoder: Decoder[Any],
+    store: ProjectionStore,
+    *,
+    kafka: KafkaSettings,
+    topics: TopicSettings,
+    settings: ProjectionSettings,
+) -> Runtime:
+    """A Faust app that keeps ``projection`` up to date, exactly once in effect."""
+    app_id = f"{settings.group_prefix}-{projection.name}"
+    # Faust wants a data directory even without tables; keep it out of the working directory.
+    datadir = Path(tempfile.gettempdir()) / "esflow-faust" / app_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    observer = PrometheusObserver()
+    brokers = [f"kafka://{server.strip()}" for server in kafka.bootstrap_servers.split(",")]
+    app = ProjectionApp(
+        app_id,
+        broker=brokers,
+        # At-least-once on purpose: Faust's exactly_once has open bugs, and the Postgres checkpoint
+        # gives exactly-once in effect; read_committed comes from the transport instead.
+        processing_guarantee="at_least_once",
+        autodiscover=False,
+        store="memory://",
+        datadir=datadir,
+        web_enabled=settings.web_port > 0,
+        web_port=settings.web_port or 6066,
+        # No tables: the round-robin assignor, no standby replicas, no leader topic to create.
+        table_standby_replicas=0,
+        topic_disable_leader=True,
+        topic_allow_declare=False,
+        consumer_auto_offset_reset="earliest",
+        stream_buffer_maxsize=max(4096, 2 * settings.batch_size),
+        broker_max_poll_records=max(500, settings.batch_size),
+        broker_commit_interval=2.0,
+        # Faust would otherwise flag a long Postgres outage (the batch retries in the agent) as a
+        # stalled stream; the retry loop logs it already.
+        stream_processing_timeout=max(300.0, settings.checkpoint_timeout_s),
+    )
+    applier = BatchApplier(store, projection, decoder, settings, observer=observer)
+
+    async def checkpoints(tps: set[TP]) -> dict[TP, int]:
+        return await asyncio.to_thread(store.checkpoints, projection.name, tps)
+
+    app.checkpoint_source = with_timeout(checkpoints, settings.checkpoint_timeout_s)
+    names = event_topics(projection, topics)
+    channel = app.topic(
+        *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+
+    async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        assigned: set[Any] = args[0] if args else set()
+        tps = [(tp.topic, tp.partition) for tp in assigned]
+        applier.resume([tp for tp in tps if tp in applier.halted])
+        for tp in tps:
+            observer.resumed(projection.name, tp)
+
+    app.on_partitions_assigned.connect(on_assigned)
+
+    async def project(stream: Any) -> None:
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_window_s):
+            raws = [
+                RawEvent(
+                    e.message.topic,
+                    e.message.partition,
+                    e.message.offset,
+                    e.message.key,
+                    e.message.value,
+                    int(e.message.timestamp * 1000) if e.message.timestamp else None,
+                )
+                for e in events
+            ]
+            lag = _lag(app, raws)
+            job = asyncio.ensure_future(asyncio.to_thread(applier.process, raws, lag=lag))
+            try:
+                await asyncio.shield(job)
+            except asyncio.CancelledError:
+                # Shutdown: let the in-flight transaction commit (or give up its retries) before the
+                # worker exits, so the last batch is not left to chance.
+                applier.stop()
+                with contextlib.suppress(Exception):
+                    await job
+                raise
+            except Stopping:
+                return
+            for tp, value in lag.items():
+                observer.lag(projection.name, tp, value)
+
+    agent = app.agent(channel, name=f"{projection.name}-projector", concurrency=1)(project)
+    return Runtime(app=app, applier=applier, topics=names, agent=agent)
+
+
+def _lag(app: ProjectionApp, raws: list[RawEvent]) -> dict[TP, int]:
+    """Events left in each partition after this batch, where the consumer knows the high watermark."""
+    last: dict[TP, int] = {}
+    for raw in raws:
+        last[raw.tp] = raw.offset
+    lag: dict[TP, int] = {}
+    consumer = app.consumer
+    for tp, offset in last.items():
+        with contextlib.suppress(Exception):
+            highwater = consumer.highwater(faust.types.TP(*tp))
+            if highwater is not None:
+                lag[tp] = max(0, int(highwater) - offset - 1)
+    return lag

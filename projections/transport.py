@@ -1,0 +1,115 @@
+"""A Faust transport that reads committed data only and resumes from the Postgres checkpoints.
+
+Faust (faust-streaming 0.15) sets ``isolation_level="read_committed"`` only under its own
+``exactly_once`` guarantee, which the projections do not use: they keep Faust at-least-once and get
+exactly-once in effect from the Postgres checkpoint. Without read_committed, events of aborted Kafka
+transactions (the command processor aborts on every failure) would reach the read models. So the
+consumer thread below builds the aiokafka consumer exactly as Faust does and switches its isolation
+level before the consumer starts (aiokafka reads the attribute when it creates its fetcher in
+``start()``); a test checks the fetcher and a real aborted transaction.
+
+Faust seeks every assigned partition to Kafka's committed offset on each rebalance (and whenever flow
+resumes). The consumer below overrides that seek: when Postgres holds a checkpoint for the partition,
+the partition is sought to checkpoint + 1 instead. Postgres is the source of truth: a batch committed
+there but not yet in Kafka is not reapplied (it would be skipped anyway), and a batch Kafka acked but
+Postgres never committed (a crash, a halted partition) is read again instead of lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, cast
+
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+log = logging.getLogger("esflow.projections")
+
+ISOLATION_LEVEL = "read_committed"
+
+CheckpointSource = Callable[[set[tuple[str, int]]], Awaitable[Mapping[tuple[str, int], int]]]
+"""Async lookup of the Postgres checkpoints (last applied offset) of some partitions."""
+
+
+class ReadCommittedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's aiokafka consumer thread with ``isolation_level=read_committed`` at all times."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        if not hasattr(consumer, "_isolation_level"):  # pragma: no cover - guards an aiokafka upgrade
+            raise RuntimeError("aiokafka changed: cannot force read_committed on Faust's consumer")
+        # Not started yet: aiokafka passes this attribute to its Fetcher in start().
+        consumer._isolation_level = ISOLATION_LEVEL
+        return consumer
+
+
+class CheckpointSeekingConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer, read_committed, seeking assigned partitions to the Postgres checkpoints."""
+
+    def _new_consumer_thread(self) -> ReadCommittedConsumerThread:
+        return ReadCommittedConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def seek_to_committed(self) -> Mapping[Any, int]:
+        """Seek to Kafka's committed offsets, then to checkpoint + 1 where Postgres has a checkpoint."""
+        committed: dict[Any, int] = dict(await super().seek_to_committed())
+        source = cast(CheckpointSource | None, getattr(self.app, "checkpoint_source", None))
+        assigned = self.assignment()
+        if source is None or not assigned:
+            return committed
+        tps = {(tp.topic, tp.partition) for tp in assigned}
+        checkpoints = await source(tps)
+        for tp in assigned:
+            done = checkpoints.get((tp.topic, tp.partition))
+            if done is None or done < 0:
+                continue
+            position = done + 1
+            if committed.get(tp) != position:
+                log.info(
+                    "seek %s[%d] to %d from the Postgres checkpoint (Kafka committed: %s)",
+                    tp.topic,
+                    tp.partition,
+                    position,
+                    committed.get(tp),
+                )
+                await self._seek(tp, position)
+            committed[tp] = position
+        return committed
+
+
+class ReadCommittedTransport(faust_aiokafka.Transport):
+    """The aiokafka transport with :class:`CheckpointSeekingConsumer`."""
+
+    Consumer = CheckpointSeekingConsumer
+
+
+class ProjectionApp(faust.App):
+    """A Faust app whose consumer is read_committed and resumes from Postgres checkpoints."""
+
+    checkpoint_source: CheckpointSource | None = None
+
+    def _new_transport(self) -> Any:
+        return ReadCommittedTransport(self.conf.broker_consumer, self)
+
+
+def with_timeout(source: CheckpointSource, timeout_s: float, retry_s: float = 1.0) -> CheckpointSource:
+    """Retry a checkpoint lookup through a Postgres outage for up to ``timeout_s``, then give up.
+
+    Seeking to Kafka's offset without knowing the checkpoint could skip events Kafka acked but Postgres
+    never committed, so there is no fallback: giving up crashes the worker, which a supervisor restarts.
+    """
+
+    async def lookup(tps: set[tuple[str, int]]) -> Mapping[tuple[str, int], int]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            try:
+                return await source(tps)
+            except Exception as exc:
+                if loop.time() + retry_s > deadline:
+                    raise
+                log.warning("reading checkpoints failed, retrying in %.1fs: %s", retry_s, exc)
+                await asyncio.sleep(retry_s)
+
+    return lookup

@@ -1,0 +1,112 @@
+"""What a projection is, independent of Faust: decoded events in, rows out, inside the batch's transaction.
+
+The runtime (``projections/``) feeds batches of :class:`RawEvent` from Kafka; a :class:`Decoder` turns
+bytes into :class:`Decoded` events (or fails: the event becomes a :class:`Rejected` dead letter); the
+:class:`Projection` writes its rows on the connection it is given, which already holds the batch's
+transaction and the checkpoint locks. Projections never commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, Protocol, TypeVar
+
+import sqlalchemy as sa
+
+from esflow.readmodel.bulk import UpsertMethod
+
+TP = tuple[str, int]
+"""A (topic, partition) pair."""
+
+E = TypeVar("E")
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    """One Kafka record as the runtime received it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None = None
+
+    @property
+    def tp(self) -> TP:
+        """The record's (topic, partition)."""
+        return (self.topic, self.partition)
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded(Generic[E]):
+    """A record decoded into the newest model of its type."""
+
+    raw: RawEvent
+    type_name: str
+    occurred_at: datetime
+    payload: E
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A record a projection cannot apply: undecodable, or of a type it does not handle."""
+
+    raw: RawEvent
+    reason: str
+    error_type: str
+
+
+Item = Decoded[Any] | Rejected
+
+
+class Decoder(Protocol[E]):
+    """Turns a raw record into a decoded event; raises on anything it cannot decode."""
+
+    def __call__(self, raw: RawEvent) -> Decoded[E]:
+        """Decode ``raw`` or raise (any exception makes the record a dead letter)."""
+        ...
+
+
+class Projection(Protocol[E]):
+    """A read model built from the event topics of some aggregates."""
+
+    @property
+    def name(self) -> str:
+        """Unique name; also the checkpoint key and the suffix of the consumer group."""
+        ...
+
+    @property
+    def aggregates(self) -> tuple[str, ...]:
+        """Aggregates whose event topics (``events.<aggregate>``) the projection reads."""
+        ...
+
+    def knows(self, type_name: str) -> bool:
+        """True for every event type of its topics it handles (applying or deliberately ignoring it)."""
+        ...
+
+    def apply(self, conn: sa.Connection, events: Sequence[Decoded[E]], *, method: UpsertMethod) -> None:
+        """Write the effect of ``events`` (in log order per partition) on ``conn``; never commit."""
+        ...
+
+
+def prepare(projection: Projection[E], decoder: Decoder[E], raws: Sequence[RawEvent]) -> list[Item]:
+    """Decode a batch; failures and unknown types become :class:`Rejected` items, in place."""
+    items: list[Item] = []
+    for raw in raws:
+        if raw.value is None:
+            items.append(Rejected(raw, "record has no value (tombstone)", "EmptyRecord"))
+            continue
+        try:
+            decoded = decoder(raw)
+        except Exception as exc:  # untrusted bytes: every failure to decode is a dead letter, never a crash
+            items.append(Rejected(raw, str(exc) or repr(exc), type(exc).__name__))
+            continue
+        if not projection.knows(decoded.type_name):
+            reason = f"projection {projection.name} does not handle {decoded.type_name}"
+            items.append(Rejected(raw, reason, "UnknownEventType"))
+            continue
+        items.append(decoded)
+    return items

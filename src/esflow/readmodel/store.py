@@ -1,0 +1,236 @@
+"""The transactional projection store: read-model rows and checkpoints in one Postgres transaction.
+
+The pattern is the tracking table of pyeventsourcing's ``postgres.py``: every batch locks the
+projection's checkpoint rows of the partitions it touches (``SELECT ... FOR UPDATE``), drops the events
+at or below them, writes the rest through the projection, and moves the checkpoints, all before one
+``COMMIT``. A redelivered event is therefore skipped, a crash before the commit leaves nothing behind,
+and a zombie worker that still holds a revoked partition waits on the row lock and then sees the newer
+checkpoint. Isolation is READ COMMITTED, set explicitly: the row lock, not snapshot isolation, is what
+serialises two writers of one partition, and the cross-partition read models use commutative upserts.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from esflow.readmodel.bulk import UpsertMethod, upsert
+from esflow.readmodel.projection import TP, Decoded, Item, Projection, Rejected
+from esflow.readmodel.tables import checkpoints, dead_letters, status
+from esflow.settings import PostgresSettings
+
+ISOLATION_LEVEL = "READ COMMITTED"
+
+
+def create_engine(postgres: PostgresSettings, schema: str, *, pool_size: int = 2) -> sa.Engine:
+    """An engine whose connections use ``schema`` first and READ COMMITTED isolation."""
+    return sa.create_engine(
+        postgres.database_url,
+        isolation_level=ISOLATION_LEVEL,
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=2,
+        connect_args={"options": f"-c search_path={schema},public", "connect_timeout": 5},
+    )
+
+
+@dataclass
+class BatchResult:
+    """What one batch transaction did."""
+
+    applied: int = 0
+    """Events written through the projection."""
+    skipped: int = 0
+    """Events at or below their partition's checkpoint (redelivered)."""
+    dead_lettered: int = 0
+    halted: dict[TP, str] = field(default_factory=dict)
+    """Partitions stopped by bad input under the halt policy, with the reason."""
+    checkpoints: dict[TP, int] = field(default_factory=dict)
+    """The checkpoints the batch committed."""
+
+
+class ProjectionStore:
+    """Applies batches for any projection against one database schema."""
+
+    def __init__(self, engine: sa.Engine, *, method: UpsertMethod = "copy") -> None:
+        self.engine = engine
+        self.method: UpsertMethod = method
+
+    def checkpoints(self, projection: str, tps: Iterable[TP] | None = None) -> dict[TP, int]:
+        """The last applied offset per partition (partitions never applied are absent)."""
+        query = sa.select(checkpoints.c.topic, checkpoints.c.partition, checkpoints.c.offset).where(
+            checkpoints.c.projection == projection
+        )
+        wanted = set(tps) if tps is not None else None
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return {(t, p): o for t, p, o in rows if wanted is None or (t, p) in wanted}
+
+    def _lock_checkpoints(self, conn: sa.Connection, projection: str, tps: Sequence[TP]) -> dict[TP, int]:
+        # Insert missing rows first so FOR UPDATE has something to lock; sorted order avoids deadlocks
+        # between two workers of one projection during a rebalance.
+        conn.execute(
+            sa.text(
+                'INSERT INTO projection_checkpoints (projection, topic, partition, "offset") '
+                "SELECT :projection, t, p, -1 "
+                "FROM unnest(CAST(:topics AS text[]), CAST(:parts AS int[])) AS u(t, p) "
+                "ON CONFLICT DO NOTHING"
+            ),
+            {"projection": projection, "topics": [t for t, _ in tps], "parts": [p for _, p in tps]},
+        )
+        rows = conn.execute(
+            sa.text(
+                'SELECT topic, partition, "offset" FROM projection_checkpoints '
+                "WHERE projection = :projection AND (topic, partition) IN "
+                "(SELECT * FROM unnest(CAST(:topics AS text[]), CAST(:parts AS int[]))) "
+                "ORDER BY topic, partition FOR UPDATE"
+            ),
+            {"projection": projection, "topics": [t for t, _ in tps], "parts": [p for _, p in tps]},
+        ).all()
+        return {(t, p): o for t, p, o in rows}
+
+    def apply(
+        self,
+        projection: Projection[Any],
+        items: Sequence[Item],
+        *,
+        halt_on_bad_input: bool = False,
+        lag: Mapping[TP, int] | None = None,
+    ) -> BatchResult:
+        """Apply one batch (items in log order per partition) in one transaction."""
+        result = BatchResult()
+        tps = sorted({item.raw.tp for item in items})
+        if not tps:
+            return result
+        with self.engine.begin() as conn:
+            done = self._lock_checkpoints(conn, projection.name, tps)
+            fresh: list[Item] = []
+            cut: set[TP] = set()
+            for item in items:
+                tp = item.raw.tp
+                if tp in cut:
+                    continue
+                if item.raw.offset <= done[tp]:
+                    result.skipped += 1
+                    continue
+                if halt_on_bad_input and isinstance(item, Rejected):
+                    # Everything before the bad record still counts; the partition stops right here.
+                    cut.add(tp)
+                    result.halted[tp] = (
+                        f"bad input at offset {item.raw.offset} ({item.error_type}): {item.reason}"
+                    )
+                    continue
+                fresh.append(item)
+            decoded = [i for i in fresh if isinstance(i, Decoded)]
+            rejected = [i for i in fresh if isinstance(i, Rejected)]
+            if decoded:
+                projection.apply(conn, decoded, method=self.method)
+            if rejected:
+                conn.execute(
+                    pg_insert(dead_letters).on_conflict_do_nothing(),
+                    [
+                        {
+                            "projection": projection.name,
+                            "topic": r.raw.topic,
+                            "partition": r.raw.partition,
+                            "offset": r.raw.offset,
+                            "key": r.raw.key,
+                            "value": r.raw.value,
+                            "reason": r.reason,
+                            "error_type": r.error_type,
+                        }
+                        for r in rejected
+                    ],
+                )
+            result.applied = len(decoded)
+            result.dead_lettered = len(rejected)
+            last: dict[TP, int] = {}
+            counts: dict[TP, int] = defaultdict(int)
+            event_time: dict[TP, datetime] = {}
+            for item in fresh:
+                tp = item.raw.tp
+                last[tp] = item.raw.offset
+                counts[tp] += 1
+                if isinstance(item, Decoded):
+                    event_time[tp] = item.occurred_at
+            self._write_progress(conn, projection.name, last, counts, event_time, lag or {})
+            for tp, reason in result.halted.items():
+                self._write_halt(conn, projection.name, tp, reason, last.get(tp, done[tp]))
+            result.checkpoints = last
+        return result
+
+    def _write_progress(
+        self,
+        conn: sa.Connection,
+        projection: str,
+        last: Mapping[TP, int],
+        counts: Mapping[TP, int],
+        event_time: Mapping[TP, datetime],
+        lag: Mapping[TP, int],
+    ) -> None:
+        if not last:
+            return
+        tps = sorted(last)
+        conn.execute(
+            sa.text(
+                'UPDATE projection_checkpoints AS c SET "offset" = u.o, updated_at = now() '
+                "FROM unnest(CAST(:topics AS text[]), CAST(:parts AS int[]), CAST(:offs AS bigint[])) "
+                "AS u(t, p, o) "
+                "WHERE c.projection = :projection AND c.topic = u.t AND c.partition = u.p"
+            ),
+            {
+                "projection": projection,
+                "topics": [t for t, _ in tps],
+                "parts": [p for _, p in tps],
+                "offs": [last[tp] for tp in tps],
+            },
+        )
+        upsert(
+            conn,
+            status,
+            ["projection", "topic", "partition", "last_offset", "last_event_at", "lag", "events_applied"],
+            [
+                (projection, t, p, last[(t, p)], event_time.get((t, p)), lag.get((t, p)), counts[(t, p)])
+                for t, p in tps
+            ],
+            conflict=["projection", "topic", "partition"],
+            update={
+                "last_offset": "excluded.last_offset",
+                "last_event_at": "COALESCE(excluded.last_event_at, t.last_event_at)",
+                "lag": "excluded.lag",
+                "events_applied": "t.events_applied + excluded.events_applied",
+                "updated_at": "now()",
+                "halted": "false",
+                "error": "NULL",
+            },
+            method="unnest",
+        )
+
+    def _write_halt(self, conn: sa.Connection, projection: str, tp: TP, reason: str, offset: int) -> None:
+        conn.execute(
+            sa.text(
+                "INSERT INTO projection_status (projection, topic, partition, last_offset, halted, error) "
+                "VALUES (:projection, :topic, :partition, :offset, true, :error) "
+                "ON CONFLICT (projection, topic, partition) DO UPDATE SET halted = true, "
+                "error = excluded.error, updated_at = now()"
+            ),
+            {"projection": projection, "topic": tp[0], "partition": tp[1], "offset": offset, "error": reason},
+        )
+
+    def mark_halted(self, projection: str, tp: TP, reason: str) -> None:
+        """Record in ``projection_status`` that a partition stopped, and why (its own transaction)."""
+        with self.engine.begin() as conn:
+            offset = conn.execute(
+                sa.select(checkpoints.c.offset).where(
+                    checkpoints.c.projection == projection,
+                    checkpoints.c.topic == tp[0],
+                    checkpoints.c.partition == tp[1],
+                )
+            ).scalar()
+            self._write_halt(conn, projection, tp, reason, -1 if offset is None else offset)

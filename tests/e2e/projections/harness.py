@@ -1,0 +1,245 @@
+"""Test harness for the projections: isolated topics and schema, a producer, real worker processes.
+
+Every test gets its own topic prefix, consumer-group prefix and Postgres schema, so tests never see each
+other's data. Workers are real `esflow projector run NAME` processes (killed with real signals).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from esflow.domain.messages import EventEnvelope
+from esflow.messaging.codec import Codec
+from esflow.messaging.kafka import consumer_config, producer_config, transactional_producer_config
+from esflow.messaging.topics import event_topic, wait_until_visible
+from esflow.readmodel.migrations import migrate
+from esflow.readmodel.store import create_engine
+from esflow.settings import KafkaSettings, PostgresSettings, ProjectionSettings, TopicSettings
+from tests.support.services import Services
+
+AGGREGATES = ("product", "order", "account")
+LogEntry = tuple[str, int, int, EventEnvelope]
+
+
+@dataclass
+class Harness:
+    """One isolated projection environment on the session's servers."""
+
+    services: Services
+    schema: str
+    prefix: str
+    partitions: int
+    logs: Path
+    codec: Codec = field(default_factory=Codec.from_settings)
+    workers: dict[str, list[subprocess.Popen[bytes]]] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.topics = TopicSettings(prefix=self.prefix, partitions=self.partitions)
+        self.group_prefix = f"g-{self.prefix.rstrip('.')}"
+        self.engine = create_engine(
+            PostgresSettings(database_url_override=self.services.database_url), self.schema
+        )
+        self.admin = AdminClient({"bootstrap.servers": self.kafka.bootstrap_servers})
+        self._spawned = 0
+
+    @property
+    def kafka(self) -> KafkaSettings:
+        """Settings of the session's broker."""
+        return self.services.kafka
+
+    def topic(self, aggregate: str) -> str:
+        """The (prefixed) event topic of an aggregate."""
+        return event_topic(aggregate, self.topics)
+
+    def setup(self) -> None:
+        """Create the event topics and migrate the schema."""
+        names = [self.topic(a) for a in AGGREGATES]
+        futures = self.admin.create_topics(
+            [NewTopic(n, num_partitions=self.partitions, replication_factor=1) for n in names]
+        )
+        for fut in futures.values():
+            fut.result(timeout=30)
+        wait_until_visible(self.admin, names, timeout_s=30)
+        migrate(self.engine, self.schema)
+
+    def teardown(self) -> None:
+        """Stop workers, delete topics (the schema fixture drops the schema)."""
+        for name in list(self.workers):
+            self.stop(name)
+        self.engine.dispose()
+        for fut in self.admin.delete_topics(
+            [self.topic(a) for a in AGGREGATES], operation_timeout=30
+        ).values():
+            with contextlib.suppress(Exception):
+                fut.result(timeout=30)
+
+    # ------------------------------------------------------------------------------------ producing
+
+    def produce(self, envelopes: Iterable[EventEnvelope], *, abort: bool = False) -> list[LogEntry]:
+        """Publish envelopes (idempotent producer, or one transaction that is aborted); return positions."""
+        config = (
+            transactional_producer_config(self.kafka, f"txn-{uuid.uuid4().hex[:8]}")
+            if abort
+            else producer_config(self.kafka, **{"linger.ms": 20, "batch.num.messages": 5000})
+        )
+        producer = Producer(config)
+        out: list[LogEntry] = []
+
+        def delivered(env: EventEnvelope) -> Callable[[Any, Any], None]:
+            def callback(err: Any, msg: Any) -> None:
+                assert err is None, err
+                out.append((msg.topic(), msg.partition(), msg.offset(), env))
+
+            return callback
+
+        if abort:
+            producer.init_transactions(30)
+            producer.begin_transaction()
+        for env in envelopes:
+            topic = self.topic(env.metadata.aggregate_type)
+            value = self.codec.encode(env, topic=topic)
+            while True:
+                try:
+                    producer.produce(topic, key=self.codec.key(env), value=value, on_delivery=delivered(env))
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+            producer.poll(0)
+        producer.flush(60)
+        if abort:
+            producer.abort_transaction(30)
+        return out
+
+    def produce_raw(self, aggregate: str, values: Sequence[bytes], *, partition: int = 0) -> list[int]:
+        """Publish raw values (bad input) to one partition; return their offsets."""
+        producer = Producer(producer_config(self.kafka))
+        offsets: list[int] = []
+        for value in values:
+            producer.produce(
+                self.topic(aggregate),
+                value=value,
+                partition=partition,
+                on_delivery=lambda err, msg: offsets.append(msg.offset() or 0),
+            )
+        producer.flush(30)
+        return offsets
+
+    def end_offsets(self, aggregate: str) -> dict[int, int]:
+        """High watermarks of an event topic, per partition."""
+        consumer = Consumer(consumer_config(self.kafka, f"probe-{uuid.uuid4().hex[:6]}"))
+        try:
+            return {
+                p: consumer.get_watermark_offsets(TopicPartition(self.topic(aggregate), p), timeout=10)[1]
+                for p in range(self.partitions)
+            }
+        finally:
+            consumer.close()
+
+    # ------------------------------------------------------------------------------------ workers
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        """Environment of a worker process."""
+        env = self.services.subprocess_env()
+        env.update(
+            ESFLOW_TOPIC_PREFIX=self.prefix,
+            ESFLOW_TOPIC_PARTITIONS=str(self.partitions),
+            ESFLOW_PROJECTION_DB_SCHEMA=self.schema,
+            ESFLOW_PROJECTION_GROUP_PREFIX=self.group_prefix,
+            ESFLOW_PROJECTION_BATCH_WINDOW_S="0.2",
+            ESFLOW_PROJECTION_RETRY_MAX_S="2",
+            ESFLOW_LOG_LEVEL="info",
+        )
+        env.update(self.extra_env)
+        env.update(overrides)
+        return env
+
+    def start(self, name: str, **env: str) -> subprocess.Popen[bytes]:
+        """Start one more worker of projection ``name``."""
+        self._spawned += 1
+        log = (self.logs / f"{name}-{self._spawned}.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "esflow", "projector", "run", name],
+            env=self.env(**env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.workers.setdefault(name, []).append(proc)
+        return proc
+
+    def kill(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL one worker (no chance to commit anything) and reap it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        for procs in self.workers.values():
+            if proc in procs:
+                procs.remove(proc)
+
+    def stop(self, name: str, timeout: float = 30) -> list[int | None]:
+        """SIGTERM every worker of ``name``; SIGKILL the ones still alive after ``timeout``."""
+        codes: list[int | None] = []
+        for proc in self.workers.pop(name, []):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                codes.append(proc.wait(timeout))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+                codes.append(None)
+        return codes
+
+    def log_text(self) -> str:
+        """All worker logs (for assertion messages)."""
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in sorted(self.logs.iterdir())
+        )
+
+    # ------------------------------------------------------------------------------------ progress
+
+    def applied(self, projection: str) -> int:
+        """Events (including dead letters) a projection has applied, from projection_status."""
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                sa.text(
+                    "SELECT COALESCE(sum(events_applied), 0) FROM projection_status WHERE projection = :p"
+                ),
+                {"p": projection},
+            ).scalar_one()
+        return int(value)
+
+    def wait_applied(self, expected: dict[str, int], timeout: float = 120) -> None:
+        """Block until each projection has applied the expected number of events."""
+        deadline = time.monotonic() + timeout
+        while True:
+            done = {name: self.applied(name) for name in expected}
+            if done == expected:
+                return
+            dead = [(n, p.returncode) for n, ps in self.workers.items() for p in ps if p.poll() is not None]
+            assert not dead, f"workers exited: {dead}\n{self.log_text()}"
+            for name, count in done.items():
+                assert count <= expected[name], f"{name} applied {count} > {expected[name]} events"
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out: applied {done}, expected {expected}\n{self.log_text()}")
+            time.sleep(0.5)
+
+
+def settings_for(harness: Harness) -> ProjectionSettings:
+    """Projection settings matching the harness (for in-process use)."""
+    return ProjectionSettings(db_schema=harness.schema, group_prefix=harness.group_prefix, batch_window_s=0.2)
