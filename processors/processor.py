@@ -212,8 +212,8 @@ class Processor:
             "client.id": f"esflow-processor-{self.settings.instance_id}",
             "session.timeout.ms": self.settings.session_timeout_ms,
             "heartbeat.interval.ms": max(1000, self.settings.session_timeout_ms // 4),
-            # Restores run inside the assignment callback: allow for the longest one.
-            "max.poll.interval.ms": max(300_000, int(self.settings.restore_timeout_s * 1000) + 60_000),
+            # Restores run inside the assignment callback and count against this interval.
+            "max.poll.interval.ms": max(self.settings.max_poll_interval_ms, self.settings.session_timeout_ms),
             "enable.partition.eof": False,
             "partition.assignment.strategy": "range",
         }

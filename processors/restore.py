@@ -44,6 +44,28 @@ def _consumer(kafka: KafkaSettings) -> Consumer:
     )
 
 
+def _watermarks(consumer: Consumer, topic: str, partition: int, deadline: float) -> tuple[int, int]:
+    """Low and high watermarks, retrying while leadership settles (fresh topics, broker restarts)."""
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            return int(low), int(high)
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            if (not err.retriable() and err.code() not in _SETTLING) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+_SETTLING = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._TIMED_OUT,
+    KafkaError._TRANSPORT,
+}
+
+
 def _read(
     consumer: Consumer,
     topic: str,
@@ -53,7 +75,7 @@ def _read(
     handle: Callable[[Any], None],
 ) -> int:
     """Feed every committed record from ``start`` to the end to ``handle``; returns how many."""
-    low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+    low, high = _watermarks(consumer, topic, partition, deadline)
     start = max(start, low)
     if start >= high:
         return 0

@@ -1,0 +1,293 @@
+"""Accepted and rejected flows per aggregate, duplicates, version conflicts, dead letters — one processor."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+
+from esflow.domain.messages import CommandEnvelope
+from esflow.domain.order import (
+    CancelOrder,
+    ConfirmOrder,
+    DeliverOrder,
+    MarkOrderPaid,
+    PlaceOrder,
+    ShipOrder,
+)
+from esflow.domain.product import DiscontinueProduct, ReceiveStock, RegisterProduct, ReserveStock
+from esflow.domain.values import Address, OrderItem
+from esflow.messaging.codec import HEADER_ID
+from esflow.messaging.kafka import producer_config
+from esflow.messaging.results import CommandResult
+from esflow.settings import KafkaSettings
+from processors.partitioning import partition_for
+from processors.processor import DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC, Processor
+from tests.integration.processor.kit import (
+    CODEC,
+    Env,
+    Results,
+    Sender,
+    deposit,
+    envelope,
+    eur,
+    events_of,
+    open_account,
+    processor_env,
+    read_all,
+    withdraw,
+)
+
+
+@dataclass
+class World:
+    env: Env
+    sender: Sender
+    results: Results
+    processor: Processor
+
+    def run(self, *envelopes: CommandEnvelope) -> list[CommandResult]:
+        self.sender.send(envelopes)
+        got = self.results.wait([e.metadata.command_id for e in envelopes])
+        return [got[e.metadata.command_id] for e in envelopes]
+
+
+@pytest.fixture(scope="module")
+def world(kafka_settings: KafkaSettings, admin: AdminClient) -> Iterator[World]:
+    with processor_env(kafka_settings, admin) as env:
+        proc = Processor(env.kafka, env.topics, env.processor_settings(idempotency_window=4), CODEC)
+        thread = threading.Thread(target=proc.run, daemon=True)
+        thread.start()
+        results = Results(env)
+        try:
+            yield World(env, Sender(env), results, proc)
+        finally:
+            proc.stop()
+            thread.join(60)
+            results.close()
+
+
+def check_event_refs(world: World, result: CommandResult) -> None:
+    """The offsets a result names hold exactly its events, on the command's partition, keyed by aggregate."""
+    assert result.aggregate_type is not None
+    events = {
+        (m.partition(), m.offset()): (m, e)
+        for m, e in events_of(world.env.kafka, world.env, result.aggregate_type)
+    }
+    for ref in result.events:
+        msg, env = events[(ref.partition, ref.offset)]
+        assert env.metadata.event_id == ref.event_id
+        assert env.metadata.aggregate_version == ref.aggregate_version
+        assert env.metadata.command_id == result.command_id
+        assert env.metadata.causation_id == result.command_id
+        assert msg.key() == str(env.metadata.aggregate_id).encode()
+        assert msg.partition() == partition_for(msg.key(), world.env.topics.partitions)
+
+
+def test_product_flow(world: World) -> None:
+    pid = uuid.uuid4()
+    order_a, order_b = uuid.uuid4(), uuid.uuid4()
+    r = world.run(
+        envelope(pid, RegisterProduct(sku="MUG-1", name="Mug", category="kitchen", price=eur("9.90"))),
+        envelope(pid, ReceiveStock(quantity=5)),
+        envelope(pid, ReserveStock(order_id=order_a, quantity=4)),
+        envelope(pid, ReserveStock(order_id=order_b, quantity=2)),
+        envelope(pid, DiscontinueProduct(reason="eol")),
+        envelope(pid, ReserveStock(order_id=order_b, quantity=1)),
+    )
+    assert [x.status for x in r] == ["accepted"] * 3 + ["rejected", "accepted", "rejected"]
+    assert [x.version for x in r] == [1, 2, 3, 3, 4, 4]
+    assert r[3].reason == "insufficient_stock"
+    assert r[3].details == {"available": 1, "requested": 2}
+    assert r[5].reason == "product_discontinued"
+    for x in r:
+        check_event_refs(world, x)
+    versions = [e.metadata.aggregate_version for _, e in events_of(world.env.kafka, world.env, "product")
+                if e.metadata.aggregate_id == pid]  # fmt: skip
+    assert versions == [1, 2, 3, 4]
+
+
+def test_order_flow(world: World) -> None:
+    oid = uuid.uuid4()
+    item = OrderItem(product_id=uuid.uuid4(), sku="MUG-1", quantity=2, unit_price=eur("9.90"))
+    home = Address(recipient="Ada", line1="1 Main St", city="Berlin", postal_code="10115", country="DE")
+    r = world.run(
+        envelope(oid, PlaceOrder(customer_id=uuid.uuid4(), items=(item,), shipping_address=home)),
+        envelope(oid, ConfirmOrder()),
+        envelope(oid, MarkOrderPaid(payment_ref="p1", amount=eur("10.00"))),
+        envelope(oid, MarkOrderPaid(payment_ref="p1", amount=eur("19.80"))),
+        envelope(oid, ShipOrder(carrier="DHL", tracking_number="T1")),
+        envelope(oid, DeliverOrder()),
+        envelope(oid, CancelOrder(reason="too late")),
+    )
+    assert [x.status for x in r] == [
+        "accepted",
+        "accepted",
+        "rejected",
+        "accepted",
+        "accepted",
+        "accepted",
+        "rejected",
+    ]
+    assert r[2].reason == "amount_mismatch"
+    assert r[6].reason == "invalid_state"
+    assert r[6].details["status"] == "DELIVERED"
+    assert r[5].version == 5
+    for x in r:
+        check_event_refs(world, x)
+
+
+def test_account_flow(world: World) -> None:
+    acc = uuid.uuid4()
+    r = world.run(envelope(acc, deposit(5)), envelope(acc, open_account()), envelope(acc, deposit(100)),
+                  envelope(acc, withdraw(30)), envelope(acc, withdraw(71)))  # fmt: skip
+    assert [(x.status, x.reason) for x in r] == [
+        ("rejected", "not_found"),
+        ("accepted", None),
+        ("accepted", None),
+        ("accepted", None),
+        ("rejected", "insufficient_funds"),
+    ]
+    assert r[4].version == 3
+    assert r[4].aggregate_id == str(acc)
+    assert r[1].correlation_id is not None
+
+
+def test_duplicate_command_returns_the_stored_result(world: World) -> None:
+    acc = uuid.uuid4()
+    opened = envelope(acc, open_account())
+    dep = envelope(acc, deposit(10))
+    first = world.run(opened, dep)
+    # Again, alone and twice in one batch: the same answers, no new events.
+    world.sender.send([dep, opened, dep])
+    world.run(envelope(acc, deposit(1)))  # a later command: its result means the duplicates were handled
+    answers = world.results.by_id
+    assert len(answers[dep.metadata.command_id]) == 3
+    assert len(answers[opened.metadata.command_id]) == 2
+    assert all(a == first[1] for a in answers[dep.metadata.command_id])
+    assert all(a == first[0] for a in answers[opened.metadata.command_id])
+    versions = [e.metadata.aggregate_version for _, e in events_of(world.env.kafka, world.env, "account")
+                if e.metadata.aggregate_id == acc]  # fmt: skip
+    assert versions == [1, 2, 3]
+
+
+def test_window_is_bounded(world: World) -> None:
+    # The fixture keeps 4 results per aggregate: the 1st of 6 commands is forgotten and runs again.
+    acc = uuid.uuid4()
+    cmds = [envelope(acc, open_account())] + [envelope(acc, deposit(1)) for _ in range(5)]
+    world.run(*cmds)
+    world.sender.send([cmds[0], cmds[5]])
+    world.run(envelope(acc, deposit(1)))  # its result comes after the two re-sent ones
+    again = [world.results.by_id[c.metadata.command_id][-1] for c in (cmds[0], cmds[5])]
+    assert again[0].status == "rejected" and again[0].reason == "already_exists"  # executed, not replayed
+    assert again[1].status == "accepted" and again[1].version == 6  # still in the window: replayed
+    assert again[1] == world.results.by_id[cmds[5].metadata.command_id][0]
+
+
+def test_version_conflict(world: World) -> None:
+    acc = uuid.uuid4()
+    r = world.run(
+        envelope(acc, open_account(), expected_version=0),
+        envelope(acc, deposit(10), expected_version=1),
+        envelope(acc, deposit(10), expected_version=1),
+    )
+    assert [x.status for x in r] == ["accepted", "accepted", "rejected"]
+    assert r[2].reason == "version_conflict"
+    assert r[2].details == {"expected_version": 1, "actual_version": 2}
+    assert r[2].version == 2
+
+
+def _dlq(world: World) -> dict[bytes, Any]:
+    return {m.value(): m for m in read_all(world.env.kafka, world.env.name("commands.dead-letter"))}
+
+
+def test_poison_messages_are_dead_lettered_and_the_partition_keeps_moving(world: World) -> None:
+    acc = uuid.uuid4()
+    key = str(acc).encode()
+    garbage_id = uuid.uuid4()
+    garbage = b"\x00\x01not avro at all " + garbage_id.bytes
+    world.sender.send_raw(
+        "account", garbage, key, [(HEADER_ID, str(garbage_id).encode()), ("x-trace", b"t1")]
+    )
+    unknown = b"\xc3\x01" + b"\x99" * 8 + b"\x02\x04"  # well framed, unknown schema fingerprint
+    world.sender.send_raw("account", unknown, key)
+    # A well-formed Avro record the model refuses (lower-case currency): its command id is readable.
+    bad = envelope(acc, open_account())
+    record: dict[str, Any] = {
+        "metadata": bad.metadata.model_dump(),
+        "owner_id": uuid.uuid4(),
+        "currency": "eur",
+    }
+    invalid = CODEC.encode_record("OpenAccount", record)
+    world.sender.send_raw("account", invalid, key)
+    world.sender.send_raw("account", None, key)  # a tombstone on a command topic
+    # Valid afterwards, on the same partition: must be processed.
+    r = world.run(envelope(acc, open_account()))
+    assert r[0].status == "accepted"
+
+    got = world.results.wait([garbage_id, bad.metadata.command_id])
+    assert got[garbage_id].status == "rejected" and got[garbage_id].reason == "undecodable"
+    assert got[bad.metadata.command_id].reason == "invalid_command"
+    assert got[bad.metadata.command_id].aggregate_id is None  # the envelope never validated
+
+    dlq = _dlq(world)
+    topic = world.env.name("commands.account")
+    expected_partition = str(partition_for(key, world.env.topics.partitions)).encode()
+    for value, reason in (
+        (garbage, b"undecodable"),
+        (unknown, b"unknown_command_type"),
+        (invalid, b"invalid_command"),
+    ):
+        msg = dlq[value]
+        headers = dict(msg.headers())
+        assert headers[DLQ_REASON] == reason
+        assert headers[DLQ_TOPIC] == topic.encode()
+        assert headers[DLQ_PARTITION] == expected_partition
+        assert int(headers[DLQ_OFFSET]) >= 0
+        assert msg.key() == key
+    assert dict(dlq[garbage].headers())["x-trace"] == b"t1"  # original headers kept
+    assert any(m.value() is None for m in read_all(world.env.kafka, world.env.name("commands.dead-letter")))
+
+
+def test_wrong_partition_and_wrong_key_are_dead_lettered(world: World) -> None:
+    acc = uuid.uuid4()
+    key = str(acc).encode()
+    n = world.env.topics.partitions
+    right = partition_for(key, n)
+    topic = world.env.name("commands.account")
+    misplaced = envelope(acc, open_account())
+    mis_keyed = envelope(acc, open_account())
+    producer = Producer(producer_config(world.env.kafka))
+    producer.produce(topic, CODEC.encode(misplaced), key, partition=(right + 1) % n)
+    producer.produce(topic, CODEC.encode(mis_keyed), b"someone-else", partition=right)
+    producer.flush(30)
+    got = world.results.wait([misplaced.metadata.command_id, mis_keyed.metadata.command_id])
+    assert got[misplaced.metadata.command_id].reason == "wrong_partition"
+    assert got[mis_keyed.metadata.command_id].reason == "wrong_key"
+    # Neither touched the aggregate: it can still be opened.
+    assert world.run(envelope(acc, open_account()))[0].status == "accepted"
+
+
+def test_metrics_count_outcomes(world: World) -> None:
+    acc = uuid.uuid4()
+    world.run(envelope(acc, withdraw(1)))
+    m = world.processor.metrics
+    sample = m.registry.get_sample_value(
+        "esflow_processor_commands_total",
+        {"aggregate": "account", "outcome": "rejected", "reason": "not_found"},
+    )
+    assert sample is not None and sample >= 1
+    assert (
+        m.registry.get_sample_value("esflow_processor_transactions_total", {"outcome": "committed"}) or 0
+    ) >= 1
+    assert m.ready and m.healthy
+    assert datetime.now(UTC) >= world.results.all[-1].processed_at
+    assert Decimal(1) == eur(1).amount
