@@ -1,0 +1,161 @@
+"""`esflow loadgen`: realistic domain traffic, open loop, with result latency percentiles.
+
+Commands are generated before the clock starts (so generation never throttles sending) and sent open
+loop: command *i* is due at ``start + i / rate``, and its latency is measured from when it was due, not
+from when it was actually sent — a slow pipeline cannot hide its queueing delay (no coordinated
+omission). Without a rate, commands go as fast as the producer takes them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, Message
+
+from esflow.errors import ResultTimeout
+from esflow.messaging.results import CommandResult
+from esflow.settings import Settings
+from producers.client import CommandClient
+from producers.workload import Planned, Workload
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) of already sorted values, nearest-rank."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))
+    return sorted_values[rank - 1]
+
+
+@dataclass
+class LoadReport:
+    """What one load run measured."""
+
+    planned: int
+    sent: int = 0
+    send_failures: int = 0
+    results: int = 0
+    accepted: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    unexpected: list[str] = field(default_factory=list)
+    send_seconds: float = 0.0
+    total_seconds: float = 0.0
+    target_rate: float | None = None
+    result_latency_ms: list[float] = field(default_factory=list)
+    projection_latency_ms: list[float] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """A human-readable summary."""
+        lat = sorted(self.result_latency_ms)
+        out = [
+            f"commands: {self.sent} sent in {self.send_seconds:.2f}s "
+            f"({self.sent / self.send_seconds if self.send_seconds else 0:,.0f}/s"
+            + (f", target {self.target_rate:,.0f}/s" if self.target_rate else ", as fast as possible")
+            + f"); {self.send_failures} not acknowledged",
+            f"results: {self.results} in {self.total_seconds:.2f}s "
+            f"({self.results / self.total_seconds if self.total_seconds else 0:,.0f}/s end to end); "
+            f"accepted {self.accepted}, rejected {sum(self.rejected.values())}"
+            + (
+                " (" + ", ".join(f"{k} {n}" for k, n in sorted(self.rejected.items())) + ")"
+                if self.rejected
+                else ""
+            ),
+        ]
+        if lat:
+            out.append(
+                "command->result latency ms: "
+                + ", ".join(f"p{q:g} {percentile(lat, q):.1f}" for q in (50, 90, 99, 99.9))
+                + f", max {lat[-1]:.1f}"
+            )
+        plat = sorted(self.projection_latency_ms)
+        if plat:
+            out.append(
+                "command->projection latency ms: "
+                + ", ".join(f"p{q:g} {percentile(plat, q):.1f}" for q in (50, 90, 99))
+                + f", max {plat[-1]:.1f}"
+            )
+        out.append(
+            f"unexpected outcomes: {len(self.unexpected)}"
+            + (f" (first: {self.unexpected[0]})" if self.unexpected else "")
+        )
+        return out
+
+
+def generate(count: int, *, reject_share: float, seed: int) -> list[Planned]:
+    """``count`` planned commands of the reference workload."""
+    return list(itertools.islice(Workload(reject_share=reject_share, seed=seed), count))
+
+
+def run(
+    settings: Settings,
+    plans: list[Planned],
+    *,
+    rate: float | None = None,
+    result_timeout_s: float = 60.0,
+    on_result: Callable[[CommandResult, float], None] | None = None,
+) -> LoadReport:
+    """Send ``plans`` (open loop at ``rate``/s, or flat out) and collect every result.
+
+    ``on_result(result, due_monotonic)`` is called on the listener thread for each result, e.g. to
+    follow it into a projection.
+    """
+    report = LoadReport(planned=len(plans), target_rate=rate)
+    due: dict[bytes, tuple[float, str]] = {}
+    lock = threading.Lock()
+    all_in = threading.Event()
+
+    with CommandClient(settings) as client:
+        listener = client._results()
+
+        def arrived(result: CommandResult) -> None:
+            now = time.monotonic()
+            with lock:
+                t_due, expect = due.pop(str(result.command_id).encode())
+                report.results += 1
+                report.result_latency_ms.append((now - t_due) * 1000)
+                got = "accepted" if result.status == "accepted" else (result.reason or "?")
+                if result.status == "accepted":
+                    report.accepted += 1
+                else:
+                    report.rejected[got] += 1
+                if got != expect:
+                    report.unexpected.append(
+                        f"{result.command_id}: expected {expect}, got {got} ({result.message})"
+                    )
+                if report.results == len(plans):
+                    all_in.set()
+            if on_result is not None:
+                on_result(result, t_due)
+
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                report.send_failures += 1
+
+        start = time.monotonic()
+        for i, plan in enumerate(plans):
+            t_due = start + i / rate if rate else time.monotonic()
+            wait = t_due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            cid = plan.envelope.metadata.command_id
+            with lock:
+                due[str(cid).encode()] = (t_due, plan.expect)
+            listener.expect(cid, arrived)
+            client._produce(plan.envelope, delivered)
+            client._producer.poll(0)
+        client._producer.flush(30)
+        report.sent = len(plans) - report.send_failures
+        report.send_seconds = time.monotonic() - start
+        if plans and not all_in.wait(result_timeout_s):
+            missing = len(plans) - report.results
+            raise ResultTimeout(
+                f"{missing} of {len(plans)} commands had no result after {result_timeout_s:.0f}s",
+                hint="is the command processor running? (`esflow processor run`)",
+            )
+        report.total_seconds = time.monotonic() - start
+    return report
