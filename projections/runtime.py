@@ -81,6 +81,8 @@ def build(
         stream_buffer_maxsize=max(4096, 2 * settings.batch_size),
         broker_max_poll_records=max(500, settings.batch_size),
         broker_commit_interval=2.0,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         # Faust would otherwise flag a long Postgres outage (the batch retries in the agent) as a
         # stalled stream; the retry loop logs it already.
         stream_processing_timeout=max(300.0, settings.checkpoint_timeout_s),

@@ -210,6 +210,9 @@ class ProjectionSettings(BaseSettings):
     )
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port; 0 disables it.")
     web_port: int = Field(0, ge=0, le=65535, description="Faust web server port; 0 disables it.")
+    session_timeout_s: float = Field(
+        10.0, gt=0, le=90, description="Consumer group session: how soon the others take over a dead worker."
+    )
 
 
 class Settings(BaseSettings):
