@@ -1,0 +1,124 @@
+"""Read-your-writes: consistency tokens and waiting for a projection to pass them.
+
+An accepted command's result names where its events landed (topic, partition, offset). A projection
+has applied them once its Postgres checkpoint for each of those partitions is at or past that offset —
+the checkpoint is written in the same transaction as the rows, so from then on a reader sees the write.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from esflow.errors import ClientError, ResultTimeout
+from esflow.messaging.results import CommandResult
+from esflow.readmodel.store import ProjectionStore, create_engine
+from esflow.settings import Settings, load_settings
+
+TP = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class ConsistencyToken:
+    """The highest event offset a write produced, per partition."""
+
+    positions: tuple[tuple[str, int, int], ...]
+
+    @classmethod
+    def from_result(cls, result: CommandResult) -> ConsistencyToken:
+        """The token of an accepted result (a rejected one wrote nothing: an empty token)."""
+        best: dict[TP, int] = {}
+        for ref in result.events:
+            tp = (ref.topic, ref.partition)
+            best[tp] = max(best.get(tp, -1), ref.offset)
+        return cls(tuple(sorted((t, p, o) for (t, p), o in best.items())))
+
+    def merge(self, other: ConsistencyToken) -> ConsistencyToken:
+        """A token covering both writes (e.g. several commands of one request)."""
+        best = {(t, p): o for t, p, o in self.positions}
+        for t, p, o in other.positions:
+            best[(t, p)] = max(best.get((t, p), -1), o)
+        return ConsistencyToken(tuple(sorted((t, p, o) for (t, p), o in best.items())))
+
+    def __str__(self) -> str:
+        """Compact form for headers and URLs: ``topic:partition:offset,…``."""
+        return ",".join(f"{t}:{p}:{o}" for t, p, o in self.positions)
+
+    @classmethod
+    def parse(cls, text: str) -> ConsistencyToken:
+        """The inverse of ``str(token)``."""
+        positions = []
+        for part in filter(None, text.split(",")):
+            topic, _, rest = part.rpartition(":")
+            topic, _, partition = topic.rpartition(":")
+            if not topic:
+                raise ClientError(
+                    f"malformed consistency token part {part!r} (expected topic:partition:offset)"
+                )
+            positions.append((topic, int(partition), int(rest)))
+        return cls(tuple(sorted(positions)))
+
+
+class ProjectionWaiter:
+    """Polls a projection's checkpoints; one per process (it holds a small connection pool)."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or load_settings()
+        self._store = ProjectionStore(
+            create_engine(self.settings.postgres, self.settings.projections.db_schema, pool_size=1)
+        )
+
+    def behind(self, token: ConsistencyToken, projection: str) -> list[tuple[str, int, int, int | None]]:
+        """The token's partitions the projection has not passed: (topic, partition, wanted, have)."""
+        tps = [(t, p) for t, p, _ in token.positions]
+        have = self._store.checkpoints(projection, tps) if tps else {}
+        return [(t, p, o, have.get((t, p))) for t, p, o in token.positions if have.get((t, p), -1) < o]
+
+    def wait(
+        self, token: ConsistencyToken, projection: str, *, timeout: float = 10.0, poll_s: float = 0.01
+    ) -> float:
+        """Block until ``projection`` has applied every write in ``token``; returns the seconds waited.
+
+        Raises :class:`~esflow.errors.ResultTimeout` naming the lagging partitions.
+        """
+        start = time.monotonic()
+        while True:
+            lagging = self.behind(token, projection)
+            if not lagging:
+                return time.monotonic() - start
+            if time.monotonic() - start > timeout:
+                t, p, want, have = lagging[0]
+                never = have is None
+                raise ResultTimeout(
+                    f"projection {projection} has not reached {t}[{p}] offset {want} after {timeout:.0f}s "
+                    + ("(it has never read that partition)" if never else f"(at {have})"),
+                    hint="is `esflow projector run` up, and does this projection read that topic?",
+                )
+            time.sleep(poll_s)
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self._store.engine.dispose()
+
+    def __enter__(self) -> ProjectionWaiter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def wait_for_projection(
+    token: ConsistencyToken | CommandResult,
+    projection: str,
+    timeout: float = 10.0,
+    *,
+    settings: Settings | None = None,
+) -> float:
+    """One-shot :meth:`ProjectionWaiter.wait` (opens and closes a connection)."""
+    if isinstance(token, CommandResult):
+        token = ConsistencyToken.from_result(token)
+    with ProjectionWaiter(settings) as waiter:
+        return waiter.wait(token, projection, timeout=timeout)
+
+
+__all__ = ["ConsistencyToken", "ProjectionWaiter", "wait_for_projection"]
