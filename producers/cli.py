@@ -305,19 +305,28 @@ def load_history(aggregate_type: str, aggregate_id: uuid.UUID) -> list[EventEnve
 @click.option("--reject-share", type=click.FloatRange(0, 1), default=0.05, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds to wait for results.")
+@click.option("--projection", help="Also measure command->visible latency in this read model.")
 @click.option(
     "--sweep",
     is_flag=True,
     help="Find the sustained rate flat out, then measure latency at 25/50/75%% of it.",
 )
-def loadgen(count: int, rate: float, reject_share: float, seed: int, timeout: float, sweep: bool) -> None:
+def loadgen(
+    count: int,
+    rate: float,
+    reject_share: float,
+    seed: int,
+    timeout: float,
+    projection: str | None,
+    sweep: bool,
+) -> None:
     """Send realistic shop/ledger traffic and print throughput and latency percentiles."""
     from producers import loadgen as lg
 
     settings = load_settings()
     click.echo(f"preparing {count} commands (reject share {reject_share:.0%})…", err=True)
     plans = lg.generate(count, reject_share=reject_share, seed=seed)
-    report = lg.run(settings, plans, rate=rate or None, result_timeout_s=timeout)
+    report = lg.run(settings, plans, rate=rate or None, result_timeout_s=timeout, projection=projection)
     for line in report.lines():
         click.echo(line)
     if not sweep:
@@ -328,7 +337,7 @@ def loadgen(count: int, rate: float, reject_share: float, seed: int, timeout: fl
     click.echo(f"sustained end to end: {sustained:,.0f} commands/s")
     for share in (0.25, 0.5, 0.75):
         plans = lg.generate(count, reject_share=reject_share, seed=seed + int(share * 100))
-        r = lg.run(settings, plans, rate=sustained * share, result_timeout_s=timeout)
+        r = lg.run(settings, plans, rate=sustained * share, result_timeout_s=timeout, projection=projection)
         click.echo(f"--- at {share:.0%} of sustained ({sustained * share:,.0f}/s)")
         for line in r.lines():
             click.echo(line)

@@ -21,6 +21,7 @@ from esflow.errors import ResultTimeout
 from esflow.messaging.results import CommandResult
 from esflow.settings import Settings
 from producers.client import CommandClient
+from producers.consistency import ConsistencyToken, ProjectionWaiter
 from producers.workload import Planned, Workload
 
 
@@ -86,6 +87,70 @@ class LoadReport:
         return out
 
 
+class ProjectionTracker:
+    """Measures command->projection-visible latency: when a projection's checkpoints pass each result.
+
+    One background thread reads the projection's checkpoints every few milliseconds and settles every
+    pending result whose event offsets they have reached (one query for all pending results).
+    """
+
+    def __init__(self, settings: Settings, projection: str, *, poll_s: float = 0.005) -> None:
+        self.projection = projection
+        self._waiter = ProjectionWaiter(settings)
+        self._poll_s = poll_s
+        self._pending: list[tuple[tuple[tuple[str, int, int], ...], float]] = []
+        self._lock = threading.Lock()
+        self.latencies_ms: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="esflow-projection-tracker", daemon=True)
+        self._thread.start()
+
+    def track(self, result: CommandResult, t_due: float) -> None:
+        """Follow an accepted result into the projection (rejections wrote nothing)."""
+        if result.status != "accepted" or not result.events:
+            return
+        token = ConsistencyToken.from_result(result)
+        with self._lock:
+            self._pending.append((token.positions, t_due))
+
+    def _run(self) -> None:
+        store = self._waiter._store
+        while not self._stop.is_set():
+            with self._lock:
+                pending = list(self._pending)
+            if pending:
+                have = store.checkpoints(self.projection)
+                now = time.monotonic()
+                done = {
+                    i
+                    for i, (positions, _) in enumerate(pending)
+                    if all(have.get((t, p), -1) >= o for t, p, o in positions)
+                }
+                if done:
+                    with self._lock:
+                        self.latencies_ms.extend((now - pending[i][1]) * 1000 for i in done)
+                        settled = {id(pending[i]) for i in done}
+                        self._pending = [x for x in self._pending if id(x) not in settled]
+            time.sleep(self._poll_s)
+
+    def drain(self, timeout_s: float) -> int:
+        """Wait until every tracked result is visible; returns how many are still pending."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._pending:
+                    return 0
+            time.sleep(0.05)
+        with self._lock:
+            return len(self._pending)
+
+    def close(self) -> None:
+        """Stop polling."""
+        self._stop.set()
+        self._thread.join(5)
+        self._waiter.close()
+
+
 def generate(count: int, *, reject_share: float, seed: int) -> list[Planned]:
     """``count`` planned commands of the reference workload."""
     return list(itertools.islice(Workload(reject_share=reject_share, seed=seed), count))
@@ -97,13 +162,39 @@ def run(
     *,
     rate: float | None = None,
     result_timeout_s: float = 60.0,
+    projection: str | None = None,
     on_result: Callable[[CommandResult, float], None] | None = None,
 ) -> LoadReport:
     """Send ``plans`` (open loop at ``rate``/s, or flat out) and collect every result.
 
-    ``on_result(result, due_monotonic)`` is called on the listener thread for each result, e.g. to
-    follow it into a projection.
+    With ``projection``, also measure when each accepted command became visible in that read model.
+    ``on_result(result, due_monotonic)`` is called on the listener thread for each result.
     """
+    tracker = ProjectionTracker(settings, projection) if projection else None
+    try:
+        report = _run(settings, plans, rate, result_timeout_s, tracker, on_result)
+        if tracker is not None:
+            left = tracker.drain(result_timeout_s)
+            if left:
+                raise ResultTimeout(
+                    f"{left} accepted commands not visible in {projection} after {result_timeout_s:.0f}s",
+                    hint="is `esflow projector run` up?",
+                )
+            report.projection_latency_ms = list(tracker.latencies_ms)
+        return report
+    finally:
+        if tracker is not None:
+            tracker.close()
+
+
+def _run(
+    settings: Settings,
+    plans: list[Planned],
+    rate: float | None,
+    result_timeout_s: float,
+    tracker: ProjectionTracker | None,
+    on_result: Callable[[CommandResult, float], None] | None,
+) -> LoadReport:
     report = LoadReport(planned=len(plans), target_rate=rate)
     due: dict[bytes, tuple[float, str]] = {}
     lock = threading.Lock()
@@ -129,6 +220,8 @@ def run(
                     )
                 if report.results == len(plans):
                     all_in.set()
+            if tracker is not None:
+                tracker.track(result, t_due)
             if on_result is not None:
                 on_result(result, t_due)
 
