@@ -38,6 +38,8 @@ def _consumer(kafka: KafkaSettings) -> Consumer:
             "enable.auto.offset.store": False,
             "isolation.level": "read_committed",
             "enable.partition.eof": True,
+            # The end of a partition is found by a fetch that comes back empty: do not let it idle.
+            "fetch.wait.max.ms": 10,
             "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": 16 * 1024 * 1024,
         }
@@ -85,7 +87,8 @@ def _read(
         while True:
             if time.monotonic() > deadline:
                 raise RestoreError(f"restoring {topic}[{partition}] took too long ({count} records read)")
-            for msg in consumer.consume(num_messages=10000, timeout=1.0):
+            # A batch consume waits for its whole count or the timeout: keep the timeout short.
+            for msg in consumer.consume(num_messages=10000, timeout=0.05):
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
@@ -93,6 +96,8 @@ def _read(
                     raise RestoreError(f"reading {topic}[{partition}]: {err.str()}")
                 handle(msg)
                 count += 1
+                if (msg.offset() or 0) >= high - 1:
+                    return count  # the last record: no need to wait for the end-of-partition event
     finally:
         consumer.unassign()
 
