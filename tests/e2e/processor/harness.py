@@ -209,7 +209,7 @@ def check_exactly_once(
     for msg in read_all(env.kafka, env.name("command-results")):
         r = CommandResult.from_bytes(msg.value() or b"")
         all_results[r.command_id].append(r)
-    sends = defaultdict(int)
+    sends: dict[uuid.UUID, int] = defaultdict(int)
     for e in sent:
         sends[e.metadata.command_id] += 1
     for cid, n in sends.items():
