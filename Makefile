@@ -4,11 +4,9 @@
 bootstrap:
 	@ops/bootstrap.sh
 
-# The main job: the local stack, the topic catalogue, and a status report.
+# The main job: stack, topics, migrations, processor, projections, a demo workload, a read-model summary.
 demo: bootstrap
-	.venv/bin/esflow stack up
-	.venv/bin/esflow topics apply
-	.venv/bin/esflow stack status
+	.venv/bin/esflow demo
 
 # Unit, integration and e2e tests plus lint/types/architecture checks, against real servers.
 test: bootstrap

@@ -172,9 +172,10 @@ class Workload:
 
     def _advance_order(self) -> list[Planned]:
         r = self.rng
-        pools = [p for p in (self.open_orders, self.shipping) if p]
-        pool = r.choice(pools)
-        order = r.choice(pool)
+        # Uniform over every order in flight, so each stage holds orders in proportion to its traffic.
+        i = r.randrange(len(self.open_orders) + len(self.shipping))
+        pool = self.open_orders if i < len(self.open_orders) else self.shipping
+        order = pool[i if pool is self.open_orders else i - len(self.open_orders)]
         if order.status in ("placed", "confirmed") and r.random() < 0.08:
             order.status = "cancelled"
             pool.remove(order)
