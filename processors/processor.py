@@ -211,7 +211,8 @@ class Processor:
         overrides: dict[str, Any] = {
             "client.id": f"esflow-processor-{self.settings.instance_id}",
             "session.timeout.ms": self.settings.session_timeout_ms,
-            "heartbeat.interval.ms": max(1000, self.settings.session_timeout_ms // 4),
+            # Rebalances are announced in heartbeat responses: beat often so a leave is seen quickly.
+            "heartbeat.interval.ms": max(300, min(1000, self.settings.session_timeout_ms // 4)),
             # Restores run inside the assignment callback and count against this interval.
             "max.poll.interval.ms": max(self.settings.max_poll_interval_ms, self.settings.session_timeout_ms),
             "enable.partition.eof": False,
