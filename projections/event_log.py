@@ -47,6 +47,10 @@ class EventLogProjection:
 
     def apply(self, conn: sa.Connection, events: Events, *, method: UpsertMethod) -> None:
         """COPY one row per event."""
+        copy_rows(conn, event_log, COLUMNS, self.rows(events))
+
+    def rows(self, events: Events) -> list[tuple[Any, ...]]:
+        """The event_log rows of ``events``, in ``COLUMNS`` order."""
         rows: list[tuple[Any, ...]] = []
         for decoded in events:
             envelope = decoded.payload
@@ -71,4 +75,4 @@ class EventLogProjection:
                     json_text(event.model_dump()),
                 )
             )
-        copy_rows(conn, event_log, COLUMNS, rows)
+        return rows

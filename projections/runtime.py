@@ -107,34 +107,49 @@ def build(
 
     app.on_partitions_assigned.connect(on_assigned)
 
+    async def settle(job: asyncio.Future[Any]) -> bool:
+        """Wait for an applied batch; False when the applier gave up because the worker is stopping."""
+        try:
+            await asyncio.shield(job)
+        except asyncio.CancelledError:
+            # Shutdown: let the in-flight transaction commit (or give up its retries) before the
+            # worker exits, so the last batch is not left to chance.
+            applier.stop()
+            with contextlib.suppress(Exception):
+                await job
+            raise
+        except Stopping:
+            return False
+        return True
+
     async def project(stream: Any) -> None:
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_window_s):
-            raws = [
-                RawEvent(
-                    e.message.topic,
-                    e.message.partition,
-                    e.message.offset,
-                    e.message.key,
-                    e.message.value,
-                    int(e.message.timestamp * 1000) if e.message.timestamp else None,
-                )
-                for e in events
-            ]
-            lag = _lag(app, raws)
-            job = asyncio.ensure_future(asyncio.to_thread(applier.process, raws, lag=lag))
-            try:
-                await asyncio.shield(job)
-            except asyncio.CancelledError:
-                # Shutdown: let the in-flight transaction commit (or give up its retries) before the
-                # worker exits, so the last batch is not left to chance.
-                applier.stop()
-                with contextlib.suppress(Exception):
-                    await job
-                raise
-            except Stopping:
-                return
-            for tp, value in lag.items():
-                observer.lag(projection.name, tp, value)
+        # One batch is applied (in a thread) while Faust fills the next. Faust acks a batch as soon as
+        # the loop moves on, so Kafka's committed offset may run ahead of Postgres: harmless, because a
+        # restarted worker seeks to the Postgres checkpoint, never to Kafka's offset.
+        pending: asyncio.Future[Any] | None = None
+        try:
+            async for events in stream.take_events(settings.batch_size, within=settings.batch_window_s):
+                raws = [
+                    RawEvent(
+                        e.message.topic,
+                        e.message.partition,
+                        e.message.offset,
+                        e.message.key,
+                        e.message.value,
+                        int(e.message.timestamp * 1000) if e.message.timestamp else None,
+                    )
+                    for e in events
+                ]
+                lag = _lag(app, raws)
+                if pending is not None and not await settle(pending):
+                    return
+                pending = asyncio.ensure_future(asyncio.to_thread(applier.process, raws, lag=lag))
+                for tp, value in lag.items():
+                    observer.lag(projection.name, tp, value)
+        finally:
+            if pending is not None and not pending.done():
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await settle(pending)
 
     agent = app.agent(channel, name=f"{projection.name}-projector", concurrency=1)(project)
     return Runtime(app=app, applier=applier, topics=names, agent=agent)

@@ -1,0 +1,62 @@
+"""Two workers of one projection split the partitions; kill one and the other takes over, exactly."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+
+import sqlalchemy as sa
+
+from ops.bench.projection_workload import Workload
+from ops.stack.proc import free_port
+from tests.e2e.projections.harness import Harness
+
+
+def _assignments(harness: Harness, group: str) -> list[int]:
+    """Partitions per live member of the group."""
+    result = harness.admin.describe_consumer_groups([group])[group].result(timeout=10)
+    return sorted(len(m.assignment.topic_partitions) for m in result.members)
+
+
+def _wait(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def test_two_workers_split_partitions_and_the_survivor_takes_over(harness: Harness) -> None:
+    harness.extra_env["ESFLOW_PROJECTION_SESSION_TIMEOUT_S"] = "6"
+    port = free_port("127.0.0.1")
+    group = f"{harness.group_prefix}-event_log"
+    first = harness.start("event_log")
+    harness.start("event_log", ESFLOW_PROJECTION_METRICS_PORT=str(port))
+    # 9 partitions (3 topics x 3) between two members.
+    _wait(lambda: _assignments(harness, group) == [4, 5], 60, "both workers to get partitions")
+    workload = Workload(seed=51)
+    log = harness.produce(workload.events(1500))
+    harness.wait_applied({"event_log": len(log)}, timeout=90)
+
+    harness.kill(first)
+    log += harness.produce(workload.events(1500))
+    harness.wait_applied({"event_log": len(log)}, timeout=90)
+    assert _assignments(harness, group) == [9]
+
+    with harness.engine.connect() as conn:
+        count, distinct = conn.execute(
+            sa.text("SELECT count(*), count(DISTINCT event_id) FROM event_log")
+        ).one()
+    assert count == distinct == len(log)
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    applied = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("esflow_projection_events_total{")
+        and 'outcome="applied"' in line
+        and 'projection="event_log"' in line
+    ]
+    assert applied and applied[0] > 0
+    assert "esflow_projection_batch_seconds_bucket" in metrics
+    assert "esflow_projection_lag_events{" in metrics
+    assert harness.stop("event_log") == [0]
