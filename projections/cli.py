@@ -138,8 +138,14 @@ def _supervise(names: list[str]) -> int:
     children: dict[str, subprocess.Popen[bytes]] = {}
     restarts: dict[str, float] = {}
 
+    base_port = load_settings().projections.metrics_port
+
     def spawn(name: str) -> None:
-        children[name] = subprocess.Popen([sys.executable, "-m", "esflow", "projector", "run", name])
+        env = dict(os.environ)
+        if base_port:
+            # One metrics port per child: the configured one for the first projection, then the next ones.
+            env["ESFLOW_PROJECTION_METRICS_PORT"] = str(base_port + names.index(name))
+        children[name] = subprocess.Popen([sys.executable, "-m", "esflow", "projector", "run", name], env=env)
         click.echo(f"projector {name}: pid {children[name].pid}", err=True)
 
     def stop(signum: int, frame: FrameType | None) -> None:
