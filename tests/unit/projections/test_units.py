@@ -126,7 +126,7 @@ def test_the_orders_fold_keeps_totals_through_added_and_removed_lines() -> None:
         orders.fold(None, _env(OrderItemAdded(item=second), uuid4(), 1))
 
 
-def test_the_faust_consumer_is_read_committed_and_seeks_to_checkpoints() -> None:
+def test_the_faust_consumer_is_read_committed_and_checkpoint_seeking() -> None:
     async def scenario() -> tuple[Any, Any, str]:
         built = runtime.build(
             registry.get("event_log"),
