@@ -65,9 +65,24 @@ class Metrics:
             "esflow_processor_assigned_partitions", "Command partitions this instance owns.", registry=r
         )
         self.stale_after_s = stale_after_s
+        self._children: dict[tuple[str, str, str], Any] = {}
+        self._event_children: dict[str, Any] = {}
         self.last_turn = time.monotonic()
         self.ready = False
         self._server: ThreadingHTTPServer | None = None
+
+    def count(self, aggregate: str, outcome: str, reason: str, events: int = 0) -> None:
+        """Count one command (and the events it appended); label children are cached, ``labels()`` is slow."""
+        key = (aggregate, outcome, reason)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.commands.labels(aggregate, outcome, reason)
+        child.inc()
+        if events:
+            ev = self._event_children.get(aggregate)
+            if ev is None:
+                ev = self._event_children[aggregate] = self.events.labels(aggregate)
+            ev.inc(events)
 
     def turn(self) -> None:
         """Record that the loop is alive."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from esflow.domain.aggregates import Aggregate
@@ -62,7 +62,7 @@ class AggregateRecord:
         recent = (*self.recent, (command_id, slot))
         if len(recent) > window:
             recent = recent[-window:]
-        return replace(self, recent=recent)
+        return AggregateRecord(self.aggregate_id, self.version, self.state, self.last_event_offset, recent)
 
     def to_snapshot(self, aggregate: Aggregate[Any]) -> bytes:
         """The snapshot value (every result slot must be filled)."""
