@@ -50,6 +50,7 @@ from esflow.errors import (
     ConfigError,
     ProcessorError,
     ProcessorFenced,
+    RestoreError,
     SchemaValidationError,
     UnknownSchemaError,
 )
@@ -280,6 +281,9 @@ class Processor:
                         log.warning("consume error: %s", err.str())
                     continue
                 topic, partition, offset = _where(message)
+                if (topic, partition) not in self._caches:  # pragma: no cover - queues are purged on revoke
+                    log.warning("skipping %s[%d]@%d: partition not assigned", topic, partition, offset)
+                    continue
                 batch.offsets[(topic, partition)] = offset + 1
                 batch.size += 1
                 self._handle(message, batch)
@@ -393,7 +397,13 @@ class Processor:
         key = (topic, partition, aggregate_id)
         record = batch.records.get(key)
         if record is None:
-            record = self._caches[(topic, partition)].get(aggregate_id)
+            try:
+                record = self._caches[(topic, partition)].get(aggregate_id)
+            except RestoreError as exc:  # one unreadable snapshot must not stop the partition
+                self._dead_letter(
+                    message, batch, aggregate, rc.PROCESSING_ERROR, exc.message, envelope=envelope
+                )
+                return
         command_id = str(meta.command_id)
         stored = record.find(command_id)
         if stored is not None:
@@ -447,6 +457,8 @@ class Processor:
         )
         events_topic = self.topics.events(aggregate.aggregate_type)
         producer = self._require_producer()
+        # Encode every event before producing any: a command is appended whole or not at all.
+        encoded: list[tuple[bytes, list[tuple[str, bytes]]]] = []
         for i, event in enumerate(decision, start=1):
             event_id = uuid.uuid4()
             version = record.version + i
@@ -464,15 +476,22 @@ class Processor:
                 ),
                 event=event,
             )
-            ref: list[Any] = [event_id, event.type_name(), version, events_topic, partition, None]
-            pending.refs.append(ref)
+            pending.refs.append([event_id, event.type_name(), version, events_topic, partition, None])
+            try:
+                encoded.append((self.codec.encode(env, topic=events_topic), self.codec.headers(env)))
+            except CodecError as exc:
+                self._dead_letter(
+                    message, batch, aggregate, rc.PROCESSING_ERROR, exc.message, envelope=envelope
+                )
+                return
+        for (value, headers), ref in zip(encoded, pending.refs, strict=True):
             self._produce(
                 producer,
                 events_topic,
-                self.codec.encode(env, topic=events_topic),
+                value,
                 aggregate_id.encode(),
                 partition,
-                self.codec.headers(env),
+                headers,
                 on_delivery=self._on_event_delivery(ref, batch),
             )
         batch.pending.append(pending)

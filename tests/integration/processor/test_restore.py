@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 import uuid
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
+from esflow.messaging.kafka import producer_config
 from esflow.messaging.topics import apply, catalogue
+from processors.partitioning import partition_for
 from tests.integration.processor.conftest import RunningFactory
 from tests.integration.processor.kit import Env, Results, Sender, deposit, envelope, open_account, withdraw
 
@@ -101,3 +103,23 @@ def test_restore_falls_back_to_the_event_log(
             (e.event_id, e.offset) for e in original.events
         ]
     assert len(results.by_id[rejected[0]]) == 1
+
+
+def test_an_unreadable_snapshot_rejects_its_aggregate_only(
+    penv: Env, sender: Sender, results: Results, running: RunningFactory
+) -> None:
+    broken, healthy = uuid.uuid4(), uuid.uuid4()
+    producer = Producer(producer_config(penv.kafka))
+    key = str(broken).encode()
+    producer.produce(
+        penv.name("snapshots.account"),
+        b"{not a snapshot",
+        key,
+        partition=partition_for(key, penv.topics.partitions),
+    )
+    producer.flush(30)
+    running()
+    sent = sender.send([envelope(broken, open_account()), envelope(healthy, open_account())])
+    got = results.wait([e.metadata.command_id for e in sent])
+    assert got[sent[0].metadata.command_id].reason == "processing_error"
+    assert got[sent[1].metadata.command_id].status == "accepted"
