@@ -20,12 +20,17 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from datetime import UTC, datetime, timedelta
+from decimal import Context, Decimal
+from typing import Any, Protocol, cast
 
 from fastavro import schemaless_reader, schemaless_writer
+from fastavro.read import LOGICAL_READERS
+from fastavro.schema import extract_logical_type
 from pydantic import ValidationError
+from pydantic_core import CoreSchema, SchemaValidator
 
 from esflow.domain.catalog import MESSAGE_TYPES, MessageSpec
 from esflow.domain.messages import (
@@ -135,6 +140,47 @@ class _Plan:
     """(upcaster, its output version, the furthest Avro-reachable version after it)."""
 
 
+class _FastPath:
+    """The hot path for the newest version of one type: a compiled reader and one envelope validator.
+
+    Either step may refuse (any exception, or bytes that are not the plain encoding); then it answers
+    None and the codec takes the full path, which raises exactly the error it always raised. So the fast
+    path only ever changes how fast a good message is decoded, never what any message decodes to.
+    """
+
+    __slots__ = ("payload_key", "read", "validate")
+
+    def __init__(
+        self,
+        read: Callable[[bytes, int], Any],
+        validate: Callable[[Any], Any] | None,
+        payload_key: str,
+    ) -> None:
+        self.read = read
+        self.validate = validate
+        self.payload_key = payload_key
+
+    def record(self, data: bytes, start: int) -> Record | None:
+        """The record dict, or None to take the full path."""
+        try:
+            record: Record = self.read(data, start)
+        except Exception:  # not the plain encoding: fastavro reads it (or names the problem)
+            return None
+        return record
+
+    def envelope(self, data: bytes, start: int) -> Envelope | None:
+        """The validated envelope, or None to take the full path."""
+        if self.validate is None:  # no model for this version: the full path raises the usual error
+            return None
+        try:
+            record = self.read(data, start)
+            metadata = record.pop("metadata")
+            envelope: Envelope = self.validate({"metadata": metadata, self.payload_key: record})
+        except Exception:  # the full path reads and validates again, raising its usual typed error
+            return None
+        return envelope
+
+
 def _write(schema: SchemaVersion, record: Mapping[str, Any]) -> bytes:
     buf = io.BytesIO()
     schemaless_writer(buf, schema.parsed, record)
@@ -157,6 +203,9 @@ class Codec:
         self._upcasters = upcasters
         self._messages = messages
         self._plans: dict[bytes, _Plan] = {}
+        self._fast: dict[bytes, _FastPath | None] = {}
+        self._by_header: dict[bytes, _FastPath] = {}
+        """Fast paths by single-object header (magic + fingerprint), when that is the framing."""
 
     @classmethod
     def from_settings(cls, settings: SchemaSettings | None = None) -> Codec:
@@ -234,8 +283,20 @@ class Codec:
     ) -> Envelope:
         """The envelope in ``data``, as the newest models; any failure is a typed :class:`CodecError`."""
         try:
-            decoded = self._decode_record(data, topic)
-            return self._to_envelope(decoded)
+            # Hot path: single-object bytes of a newest version seen before, found by their 10-byte header.
+            fast = self._by_header.get(data[:SINGLE_OBJECT_HEADER_LEN]) if type(data) is bytes else None
+            if fast is not None:
+                envelope = fast.envelope(data, SINGLE_OBJECT_HEADER_LEN)
+                if envelope is not None:
+                    return envelope
+            data, writer, start = self._unframe(data)
+            if fast is None:
+                fast = self._fast_path(writer)
+                if fast is not None:
+                    envelope = fast.envelope(data, start)
+                    if envelope is not None:
+                        return envelope
+            return self._to_envelope(self._resolve(data, writer, start))
         except CodecError as exc:
             located = _located(exc, topic, partition, offset)
             if located is exc:
@@ -295,18 +356,53 @@ class Codec:
     ) -> DecodedRecord:
         """The record dict in ``data``, resolved and upcast to the newest version, not yet validated."""
         try:
-            return self._decode_record(data, topic)
+            data, writer, start = self._unframe(data)
+            fast = self._by_header.get(data[:start]) or self._fast_path(writer)
+            if fast is not None:
+                record = fast.record(data, start)
+                if record is not None:
+                    return DecodedRecord(schema=writer, writer_version=writer.version, record=record)
+            return self._resolve(data, writer, start)
         except CodecError as exc:
             located = _located(exc, topic, partition, offset)
             if located is exc:
                 raise
             raise located from exc
 
-    def _decode_record(self, data: bytes, topic: str | None) -> DecodedRecord:
+    def _unframe(self, data: bytes) -> tuple[bytes, SchemaVersion, int]:
         if not isinstance(data, bytes | bytearray | memoryview):
             raise DecodeError(f"expected bytes, got {type(data).__name__}")
         data = bytes(data)
         writer, start = self.framing.unframe(data)
+        return data, writer, start
+
+    def _fast_path(self, writer: SchemaVersion) -> _FastPath | None:
+        """The compiled reader (and envelope validator) for bytes of ``writer``, built on first use.
+
+        Only the newest version of a type has one (older versions need resolution or upcasting, and are
+        rare); None means the full path.
+        """
+        try:
+            return self._fast[writer.fingerprint]
+        except KeyError:
+            pass
+        fast: _FastPath | None = None
+        plan = self._plan(writer)
+        if plan.same_schema and not plan.steps:
+            reader = compile_reader(writer.decode_parsed, writer.label)
+            if reader is not None:
+                spec = self._messages.get(writer.name)
+                validate = None
+                if spec is not None and spec.version == writer.version:
+                    validate = envelope_validator(spec)
+                fast = _FastPath(reader, validate, "event" if spec and spec.kind == "event" else "command")
+        self._fast[writer.fingerprint] = fast
+        if fast is not None and type(self.framing) is SingleObjectFraming:
+            self._by_header[SINGLE_OBJECT_MAGIC + writer.fingerprint] = fast
+        return fast
+
+    def _resolve(self, data: bytes, writer: SchemaVersion, start: int) -> DecodedRecord:
+        """The full decoding path: fastavro, resolution and upcasting (the fast path's fallback)."""
         plan = self._plan(writer)
         record = _read(data, start, writer, None if plan.same_schema else plan.reader)
         version = plan.reader
@@ -411,6 +507,329 @@ def _read(data: bytes, start: int, writer: SchemaVersion, reader: SchemaVersion 
     if not isinstance(record, dict):  # pragma: no cover - every esflow schema is a record
         raise DecodeError(f"{writer.label} body is not a record")
     return record
+
+
+# ------------------------------------------------------------------------------- envelope validation
+
+
+def envelope_validator(spec: MessageSpec) -> Callable[[Any], Envelope] | None:
+    """One pydantic-core validator from ``{"metadata": {...}, "event"|"command": {...}}`` to the envelope.
+
+    Built from the models' own core schemas: the envelope's, with its ``SerializeAsAny[Event]`` field
+    replaced by ``spec.model``'s schema, so every constraint, validator and default is the models' and the
+    result is the same ``EventEnvelope``/``CommandEnvelope`` the three ``model_validate`` calls build, in
+    one call into Rust. None when pydantic cannot build it (the codec then validates model by model).
+    """
+    envelope: type[EventEnvelope | CommandEnvelope]
+    envelope, key = (EventEnvelope, "event") if spec.kind == "event" else (CommandEnvelope, "command")
+    replaced: list[bool] = []
+
+    def replace(schema: Any) -> Any:
+        if isinstance(schema, list):
+            return [replace(s) for s in schema]
+        if not isinstance(schema, dict):
+            return schema
+        if schema.get("type") == "model" and schema.get("cls") is envelope:
+            fields_schema = dict(schema["schema"])
+            fields = dict(fields_schema["fields"])
+            fields[key] = {**fields[key], "schema": spec.model.__pydantic_core_schema__}
+            fields_schema["fields"] = fields
+            replaced.append(True)
+            return {**schema, "schema": fields_schema}
+        return {k: replace(v) for k, v in schema.items()}
+
+    try:
+        schema = replace(envelope.__pydantic_core_schema__)
+        if len(replaced) != 1:
+            return None
+        validator = SchemaValidator(cast(CoreSchema, schema))
+    except Exception:  # an unusual model schema: keep the model-by-model path
+        return None
+    return cast(Callable[[Any], Envelope], validator.validate_python)
+
+
+# ---------------------------------------------------------------------------------- fast Avro reader
+
+_PRIMITIVE_TYPES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
+_STRUCT_FLOAT = struct.Struct("<f").unpack_from
+_STRUCT_DOUBLE = struct.Struct("<d").unpack_from
+_FASTAVRO_TIMESTAMP_MICROS = LOGICAL_READERS.get("long-timestamp-micros")
+_FASTAVRO_DECIMAL = LOGICAL_READERS.get("bytes-decimal")
+_MAX_DECIMAL_PRECISION = 1000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class _NotCanonical(Exception):
+    """Raised by a compiled reader on anything but the plain encoding; the caller falls back to fastavro."""
+
+
+class _Unsupported(Exception):
+    """The schema uses something the reader compiler leaves to fastavro (recursion, arrays of nothing)."""
+
+
+def _read_long(data: bytes, pos: int) -> tuple[int, int]:
+    """A zig-zag varint of up to 9 bytes (every value below 2**62) at ``pos``: (value, next position)."""
+    n = 0
+    shift = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if b < 0x80:
+            return (n >> 1) ^ -(n & 1), pos
+        shift += 7
+        if shift > 56:  # 10-byte varints are left to fastavro's 64-bit arithmetic
+            raise _NotCanonical
+
+
+def _read_count(data: bytes, pos: int) -> tuple[int, int]:
+    """A non-negative varint (a length, an index, an array block count)."""
+    n, pos = _read_long(data, pos)
+    if n < 0:
+        raise _NotCanonical
+    return n, pos
+
+
+class _ReaderCompiler:
+    """Turns a parsed writer schema into the source of one straight-line Python function.
+
+    The function reads exactly what fastavro's ``schemaless_reader(fo, schema, None)`` reads and returns an
+    equal dict (logical types through fastavro's own ``LOGICAL_READERS``), but indexes the bytes instead of
+    calling ``fo.read(1)`` per byte and interpreting the schema dict per value. It accepts the canonical
+    encoding only: non-negative lengths, counts and branch/symbol indexes in range, varints up to 9 bytes,
+    and exactly all the bytes. On anything else it raises, and the codec re-reads with fastavro, so errors
+    (and the rare legal oddities, like negative array block counts) are fastavro's, unchanged.
+    """
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.consts: dict[str, Any] = {}
+        self.named: dict[str, Any] = {}
+        self.active: set[str] = set()
+        self.counter = 0
+
+    def var(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}{self.counter}"
+
+    def const(self, value: Any, prefix: str = "k") -> str:
+        name = self.var(prefix)
+        self.consts[name] = value
+        return name
+
+    def emit(self, indent: int, line: str) -> None:
+        self.lines.append("    " * indent + line)
+
+    def count(self, indent: int, target: str) -> None:
+        self.emit(indent, f"{target} = data[pos]")
+        self.emit(indent, f"if {target} & 0x81:")
+        self.emit(indent + 1, f"{target}, pos = _read_count(data, pos)")
+        self.emit(indent, "else:")
+        self.emit(indent + 1, f"{target} >>= 1")
+        self.emit(indent + 1, "pos += 1")
+
+    def value(self, schema: Any, target: str, indent: int) -> None:
+        """Emit lines reading one value of ``schema`` into the local ``target``."""
+        if isinstance(schema, list):
+            self.union(schema, target, indent)
+            return
+        if isinstance(schema, str):
+            if schema in _PRIMITIVE_TYPES:
+                self.primitive(schema, target, indent)
+                return
+            if schema not in self.named or schema in self.active:
+                raise _Unsupported(schema)
+            self.value(self.named[schema], target, indent)
+            return
+        kind = schema["type"]
+        if isinstance(kind, dict | list) or (
+            isinstance(kind, str)
+            and kind not in _PRIMITIVE_TYPES
+            and kind not in ("record", "error", "enum", "fixed", "array", "map")
+        ):
+            self.value(kind, target, indent)
+        elif kind in _PRIMITIVE_TYPES:
+            self.primitive(kind, target, indent)
+        elif kind in ("record", "error"):
+            self.record(schema, target, indent)
+        elif kind == "enum":
+            self.named[schema["name"]] = schema
+            symbols = self.const(tuple(schema["symbols"]), "sym")
+            index = self.var("i")
+            self.count(indent, index)
+            self.emit(indent, f"{target} = {symbols}[{index}]")
+        elif kind == "fixed":
+            self.named[schema["name"]] = schema
+            size = int(schema["size"])
+            self.emit(indent, f"{target} = data[pos : pos + {size}]")
+            self.emit(indent, f"pos += {size}")
+        elif kind == "array":
+            self.array(schema["items"], target, indent)
+        elif kind == "map":
+            self.map(schema["values"], target, indent)
+        else:  # pragma: no cover - parse_schema accepts no other type
+            raise _Unsupported(kind)
+        if "logicalType" in schema:
+            self.logical(schema, target, indent)
+
+    def logical(self, schema: Mapping[str, Any], target: str, indent: int) -> None:
+        key = extract_logical_type(schema)
+        reader = LOGICAL_READERS.get(key)
+        if reader is None:
+            return
+        precision, scale = schema.get("precision"), schema.get("scale", 0)
+        if reader is _FASTAVRO_TIMESTAMP_MICROS:
+            # fastavro's read_timestamp_micros, inlined: epoch + timedelta(microseconds=value)
+            self.emit(indent, f"{target} = _EPOCH + _timedelta(microseconds={target})")
+        elif (
+            reader is _FASTAVRO_DECIMAL
+            and key == "bytes-decimal"
+            and type(precision) is int
+            and type(scale) is int
+            and 0 < precision <= _MAX_DECIMAL_PRECISION
+        ):
+            # fastavro's read_decimal, inlined for the values that fit the precision (where its
+            # create_decimal is exact); wider ones are rounded by fastavro, so they are left to it.
+            limit = self.const(10**precision, "lim")
+            context = self.const(Context(prec=precision), "ctx")
+            self.emit(indent, f"{target} = _from_bytes({target}, 'big', signed=True)")
+            self.emit(indent, f"if not -{limit} < {target} < {limit}:")
+            self.emit(indent + 1, "raise _NotCanonical")
+            self.emit(indent, f"{target} = _Decimal({target}).scaleb({-scale}, {context})")
+        else:
+            fn = self.const(reader, "lt")
+            sch = self.const(schema, "s")
+            self.emit(indent, f"{target} = {fn}({target}, {sch}, None)")
+
+    def primitive(self, kind: str, target: str, indent: int) -> None:
+        if kind == "null":
+            self.emit(indent, f"{target} = None")
+        elif kind == "boolean":
+            self.emit(indent, f"{target} = data[pos] != 0")
+            self.emit(indent, "pos += 1")
+        elif kind in ("int", "long"):
+            self.emit(indent, f"{target} = data[pos]")
+            self.emit(indent, f"if {target} & 0x80:")
+            self.emit(indent + 1, f"{target}, pos = _read_long(data, pos)")
+            self.emit(indent, "else:")
+            self.emit(indent + 1, f"{target} = ({target} >> 1) ^ -({target} & 1)")
+            self.emit(indent + 1, "pos += 1")
+        elif kind == "float":
+            self.emit(indent, f"{target} = _unpack_float(data, pos)[0]")
+            self.emit(indent, "pos += 4")
+        elif kind == "double":
+            self.emit(indent, f"{target} = _unpack_double(data, pos)[0]")
+            self.emit(indent, "pos += 8")
+        else:  # bytes, string
+            size = self.var("n")
+            self.count(indent, size)
+            end = self.var("e")
+            self.emit(indent, f"{end} = pos + {size}")
+            decode = ".decode()" if kind == "string" else ""
+            self.emit(indent, f"{target} = data[pos:{end}]{decode}")
+            self.emit(indent, f"pos = {end}")
+
+    def record(self, schema: Mapping[str, Any], target: str, indent: int) -> None:
+        name = schema["name"]
+        self.named[name] = schema
+        self.active.add(name)
+        fields: list[tuple[str, str]] = []
+        for field in schema["fields"]:
+            local = self.var("f")
+            self.value(field["type"], local, indent)
+            fields.append((field["name"], local))
+        self.active.discard(name)
+        self.emit(indent, f"{target} = {{{', '.join(f'{n!r}: {v}' for n, v in fields)}}}")
+
+    def union(self, branches: list[Any], target: str, indent: int) -> None:
+        index = self.var("i")
+        self.count(indent, index)
+        for i, branch in enumerate(branches):
+            self.emit(indent, f"{'if' if i == 0 else 'elif'} {index} == {i}:")
+            self.value(branch, target, indent + 1)
+        self.emit(indent, "else:")
+        self.emit(indent + 1, "raise _NotCanonical")
+
+    def _blocks(self, target: str, indent: int, read_item: Callable[[int], None]) -> None:
+        block = self.var("c")
+        self.count(indent, block)
+        self.emit(indent, f"while {block}:")
+        loop = self.var("j")
+        self.emit(indent + 1, f"for {loop} in range({block}):")
+        read_item(indent + 2)
+        self.count(indent + 1, block)
+
+    def array(self, items: Any, target: str, indent: int) -> None:
+        if _reads_nothing(items, self.named):
+            raise _Unsupported("array of null")
+        item = self.var("a")
+        self.emit(indent, f"{target} = []")
+
+        def read_item(level: int) -> None:
+            self.value(items, item, level)
+            self.emit(level, f"{target}.append({item})")
+
+        self._blocks(target, indent, read_item)
+
+    def map(self, values: Any, target: str, indent: int) -> None:
+        key, item = self.var("m"), self.var("a")
+        self.emit(indent, f"{target} = {{}}")
+
+        def read_item(level: int) -> None:
+            self.primitive("string", key, level)
+            self.value(values, item, level)
+            self.emit(level, f"{target}[{key}] = {item}")
+
+        self._blocks(target, indent, read_item)
+
+
+def _reads_nothing(schema: Any, named: Mapping[str, Any]) -> bool:
+    """Whether a value of ``schema`` can take zero bytes (only null does; a record of nulls too)."""
+    if schema == "null" or (isinstance(schema, dict) and schema.get("type") == "null"):
+        return True
+    if isinstance(schema, dict) and schema.get("type") in ("record", "error"):
+        return all(_reads_nothing(f["type"], named) for f in schema["fields"])
+    if isinstance(schema, str) and schema in named:
+        return _reads_nothing(named[schema], named)
+    return False
+
+
+def compile_reader(schema: Any, label: str = "record") -> Callable[[bytes, int], Any] | None:
+    """A fast reader of ``schema``'s (parsed) binary encoding, or None when fastavro must do it.
+
+    ``reader(data, pos)`` returns the value encoded from ``pos`` to the end of ``data``, equal to what
+    fastavro's ``schemaless_reader`` returns, or raises (any exception) when the bytes are not the
+    canonical encoding of one value; then the caller must ask fastavro, which knows the exact error.
+    """
+    compiler = _ReaderCompiler()
+    try:
+        compiler.value(schema, "result", 1)
+    except _Unsupported:
+        return None
+    source = "\n".join(
+        [
+            "def reader(data, pos):",
+            *compiler.lines,
+            "    if pos != len(data):",
+            "        raise _NotCanonical",
+            "    return result",
+        ]
+    )
+    namespace: dict[str, Any] = {
+        "_read_long": _read_long,
+        "_read_count": _read_count,
+        "_unpack_float": _STRUCT_FLOAT,
+        "_unpack_double": _STRUCT_DOUBLE,
+        "_NotCanonical": _NotCanonical,
+        "_EPOCH": _EPOCH,
+        "_timedelta": timedelta,
+        "_Decimal": Decimal,
+        "_from_bytes": int.from_bytes,
+        **compiler.consts,
+    }
+    exec(compile(source, f"<esflow avro reader: {label}>", "exec"), namespace)
+    reader: Callable[[bytes, int], Any] = namespace["reader"]
+    return reader
 
 
 def _located(exc: CodecError, topic: str | None, partition: int | None, offset: int | None) -> CodecError:
