@@ -75,21 +75,22 @@ def world(kafka_settings: KafkaSettings, admin: AdminClient) -> Iterator[World]:
             results.close()
 
 
-def check_event_refs(world: World, result: CommandResult) -> None:
-    """The offsets a result names hold exactly its events, on the command's partition, keyed by aggregate."""
-    assert result.aggregate_type is not None
+def check_event_refs(world: World, results: list[CommandResult]) -> None:
+    """The offsets results name hold exactly their events, on the command's partition, keyed by aggregate."""
+    aggregate_type = results[0].aggregate_type
+    assert aggregate_type is not None
     events = {
-        (m.partition(), m.offset()): (m, e)
-        for m, e in events_of(world.env.kafka, world.env, result.aggregate_type)
+        (m.partition(), m.offset()): (m, e) for m, e in events_of(world.env.kafka, world.env, aggregate_type)
     }
-    for ref in result.events:
-        msg, env = events[(ref.partition, ref.offset)]
-        assert env.metadata.event_id == ref.event_id
-        assert env.metadata.aggregate_version == ref.aggregate_version
-        assert env.metadata.command_id == result.command_id
-        assert env.metadata.causation_id == result.command_id
-        assert msg.key() == str(env.metadata.aggregate_id).encode()
-        assert msg.partition() == partition_for(msg.key(), world.env.topics.partitions)
+    for result in results:
+        for ref in result.events:
+            msg, env = events[(ref.partition, ref.offset)]
+            assert env.metadata.event_id == ref.event_id
+            assert env.metadata.aggregate_version == ref.aggregate_version
+            assert env.metadata.command_id == result.command_id
+            assert env.metadata.causation_id == result.command_id
+            assert msg.key() == str(env.metadata.aggregate_id).encode()
+            assert msg.partition() == partition_for(msg.key(), world.env.topics.partitions)
 
 
 def test_product_flow(world: World) -> None:
@@ -108,8 +109,7 @@ def test_product_flow(world: World) -> None:
     assert r[3].reason == "insufficient_stock"
     assert r[3].details == {"available": 1, "requested": 2}
     assert r[5].reason == "product_discontinued"
-    for x in r:
-        check_event_refs(world, x)
+    check_event_refs(world, r)
     versions = [e.metadata.aggregate_version for _, e in events_of(world.env.kafka, world.env, "product")
                 if e.metadata.aggregate_id == pid]  # fmt: skip
     assert versions == [1, 2, 3, 4]
@@ -141,8 +141,7 @@ def test_order_flow(world: World) -> None:
     assert r[6].reason == "invalid_state"
     assert r[6].details["status"] == "DELIVERED"
     assert r[5].version == 5
-    for x in r:
-        check_event_refs(world, x)
+    check_event_refs(world, r)
 
 
 def test_account_flow(world: World) -> None:
