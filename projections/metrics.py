@@ -62,10 +62,6 @@ class PrometheusObserver:
         """Record a partition's lag."""
         LAG.labels(projection, tp[0], str(tp[1])).set(lag)
 
-    def resumed(self, projection: str, tp: TP) -> None:
-        """Clear a partition's halted flag."""
-        HALTED.labels(projection, tp[0], str(tp[1])).set(0)
-
 
 def serve(port: int, host: str = "0.0.0.0") -> None:
     """Start the /metrics HTTP server in a background thread."""

@@ -98,15 +98,6 @@ def build(
         *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
     )
 
-    async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        assigned: set[Any] = args[0] if args else set()
-        tps = [(tp.topic, tp.partition) for tp in assigned]
-        applier.resume([tp for tp in tps if tp in applier.halted])
-        for tp in tps:
-            observer.resumed(projection.name, tp)
-
-    app.on_partitions_assigned.connect(on_assigned)
-
     async def settle(job: asyncio.Future[Any]) -> bool:
         """Wait for an applied batch; False when the applier gave up because the worker is stopping."""
         try:

@@ -101,16 +101,14 @@ class BatchApplier:
         """Make waiting retries give up (raising :class:`Stopping`) so the worker can shut down."""
         self._stop.set()
 
-    def resume(self, tps: Sequence[TP]) -> None:
-        """Forget halts of partitions that were (re)assigned: they are retried from their checkpoint."""
-        for tp in tps:
-            self.halted.pop(tp, None)
-
     def process(self, raws: Sequence[RawEvent], *, lag: Mapping[TP, int] | None = None) -> BatchResult:
         """Apply one batch; blocks through outages, halts partitions that cannot progress."""
         started = time.perf_counter()
         # Events of a halted partition are not applied and not checkpointed: after a restart the
-        # worker seeks back to the checkpoint and meets the same event again.
+        # worker seeks back to the checkpoint and meets the same event again. Halts last as long as the
+        # process: this worker skipped events of the partition, so a later batch of it (still buffered
+        # after a rebalance) would jump over them; another worker (or a restart) reads it from the
+        # checkpoint instead.
         raws = [r for r in raws if r.tp not in self.halted]
         items = prepare(self.projection, self.decoder, raws)
         try:
