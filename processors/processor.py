@@ -201,6 +201,8 @@ class Processor:
                     "client.id": f"esflow-processor-{self.settings.instance_id}",
                     "transaction.timeout.ms": self.settings.transaction_timeout_ms,
                     "linger.ms": 2,
+                    # Snapshots repeat their JSON keys and carry the result window: they compress well.
+                    "compression.type": "lz4",
                     "batch.num.messages": 10000,
                     "queue.buffering.max.messages": 500000,
                 },

@@ -67,7 +67,8 @@ class AggregateRecord:
     def to_snapshot(self, aggregate: Aggregate[Any]) -> bytes:
         """The snapshot value (every result slot must be filled)."""
         state = b"null" if self.state is None else self.state.model_dump_json().encode()
-        results = b",".join(slot.data or b"null" for _, slot in self.recent)
+        datas = [slot.data or b"null" for _, slot in self.recent]
+        results = b",".join(datas)
         head = json.dumps(
             {
                 "f": SNAPSHOT_FORMAT,
@@ -75,6 +76,8 @@ class AggregateRecord:
                 "id": self.aggregate_id,
                 "version": self.version,
                 "last_event_offset": self.last_event_offset,
+                # Byte lengths of the results at the end: restore slices them out instead of re-encoding.
+                "lens": [len(d) for d in datas],
             },
             separators=(",", ":"),
         ).encode()
@@ -89,9 +92,19 @@ class AggregateRecord:
                 raise ValueError(f"snapshot format {doc.get('f')!r} of type {doc.get('type')!r}")
             raw_state = doc["state"]
             state = None if raw_state is None else aggregate.state_type.model_validate(raw_state)
+            results = doc["recent"]
+            lens = doc.get("lens")
+            if isinstance(lens, list) and len(lens) == len(results):
+                # The results array closes the document: ``...,"recent":[r1,r2]}``.
+                pos = len(data) - 2 - (sum(lens) + max(len(lens) - 1, 0))
+                raws = []
+                for n in lens:
+                    raws.append(bytes(data[pos : pos + n]))
+                    pos += n + 1
+            else:
+                raws = [json.dumps(r, separators=(",", ":")).encode() for r in results]
             recent = tuple(
-                (str(r["command_id"]), ResultSlot(json.dumps(r, separators=(",", ":")).encode()))
-                for r in doc["recent"]
+                (str(r["command_id"]), ResultSlot(raw)) for r, raw in zip(results, raws, strict=True)
             )
             return cls(
                 aggregate_id=str(doc["id"]),
