@@ -90,6 +90,8 @@ def check_event_refs(world: World, results: list[CommandResult]) -> None:
             assert env.metadata.command_id == result.command_id
             assert env.metadata.causation_id == result.command_id
             assert msg.key() == str(env.metadata.aggregate_id).encode()
+            assert msg.headers() == CODEC.headers(env)  # the same headers Codec.headers would give
+            assert msg.value() == CODEC.encode(env)  # and the same bytes Codec.encode would give
             assert msg.partition() == partition_for(msg.key(), world.env.topics.partitions)
 
 
