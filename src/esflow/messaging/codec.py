@@ -29,6 +29,7 @@ from typing import Any, Protocol, cast
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.read import LOGICAL_READERS
 from fastavro.schema import extract_logical_type
+from fastavro.write import LOGICAL_WRITERS
 from pydantic import ValidationError
 from pydantic_core import CoreSchema, SchemaValidator
 
@@ -205,6 +206,7 @@ class Codec:
         self._plans: dict[bytes, _Plan] = {}
         self._fast: dict[bytes, _FastPath | None] = {}
         self._by_header: dict[bytes, _FastPath] = {}
+        self._writers: dict[bytes, Callable[[Any], bytes] | None] = {}
         """Fast paths by single-object header (magic + fingerprint), when that is the framing."""
 
     @classmethod
@@ -244,11 +246,26 @@ class Codec:
         schema = self.catalog.latest(type_name) if version is None else self.catalog.get(type_name, version)
         if schema is None:
             raise EncodeError(f"no schema for {type_name}" + (f" v{version}" if version else ""), topic=topic)
-        try:
-            body = _write(schema, record)
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, struct.error) as exc:
-            raise EncodeError(f"{schema.label} cannot hold this record: {exc}", topic=topic) from exc
+        body = self._fast_write(schema, record)
+        if body is None:
+            try:
+                body = _write(schema, record)
+            except (ValueError, TypeError, KeyError, AttributeError, OverflowError, struct.error) as exc:
+                raise EncodeError(f"{schema.label} cannot hold this record: {exc}", topic=topic) from exc
         return self.framing.frame(schema, body, topic=topic)
+
+    def _fast_write(self, schema: SchemaVersion, record: Mapping[str, Any]) -> bytes | None:
+        """The body from ``schema``'s compiled writer, or None to let fastavro write it (or refuse it)."""
+        try:
+            writer = self._writers[schema.fingerprint]
+        except KeyError:
+            writer = self._writers[schema.fingerprint] = compile_writer(schema.parsed, schema.label)
+        if writer is None:
+            return None
+        try:
+            return writer(record)
+        except Exception:  # not the plain case: fastavro writes it, or raises what it always raised
+            return None
 
     def key(self, envelope: Envelope) -> bytes:
         """The Kafka key: the aggregate id, so one aggregate's messages stay in order on one partition."""
@@ -830,6 +847,199 @@ def compile_reader(schema: Any, label: str = "record") -> Callable[[bytes, int],
     exec(compile(source, f"<esflow avro reader: {label}>", "exec"), namespace)
     reader: Callable[[bytes, int], Any] = namespace["reader"]
     return reader
+
+
+# ---------------------------------------------------------------------------------- fast Avro writer
+
+_UNION_PLAIN_BRANCHES = {"string": "str", "bytes": "bytes", "long": "int", "int": "int", "boolean": "bool"}
+_ZIGZAG_BYTES = tuple(bytes([n]) for n in range(128))
+_LONG_LIMIT = 2**62
+_INT_LIMIT = 2**31
+
+
+def _zigzag(value: int) -> bytes:
+    """The zig-zag varint of ``value`` (|value| < 2**62, checked by the caller), as fastavro writes it."""
+    n = (value << 1) ^ (value >> 63)
+    if n < 0x80:
+        return _ZIGZAG_BYTES[n]
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+class _WriterCompiler:
+    """Turns a parsed schema into the source of one Python function writing a record's binary encoding.
+
+    The function writes the same bytes as fastavro's ``schemaless_writer`` for the values it accepts,
+    and accepts only the plain case: a dict holding every field, values of exactly the Python type the
+    Avro type is written from (``str``, ``int`` within 62 bits, ``bool``, ``float``, ``bytes``, ``list``
+    or ``tuple``), enum symbols and logical types through fastavro's own ``LOGICAL_WRITERS``, unions of
+    null and one plain primitive. Anything else raises, and the codec asks fastavro, which writes it or
+    names the problem exactly as before (defaults for missing fields, coercions, union matching).
+    """
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.consts: dict[str, Any] = {}
+        self.named: dict[str, Any] = {}
+        self.active: set[str] = set()
+        self.counter = 0
+
+    def var(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}{self.counter}"
+
+    def const(self, value: Any, prefix: str) -> str:
+        name = self.var(prefix)
+        self.consts[name] = value
+        return name
+
+    def emit(self, indent: int, line: str) -> None:
+        self.lines.append("    " * indent + line)
+
+    def check(self, indent: int, source: str, py_type: str) -> None:
+        self.emit(indent, f"if type({source}) is not {py_type}:")
+        self.emit(indent + 1, "raise _NotCanonical")
+
+    def long(self, indent: int, source: str, limit: str = "_LONG_LIMIT") -> None:
+        self.check(indent, source, "int")
+        self.emit(indent, f"if not -{limit} <= {source} < {limit}:")
+        self.emit(indent + 1, "raise _NotCanonical")
+        self.emit(indent, f"out += _zigzag({source})")
+
+    def value(self, schema: Any, source: str, indent: int) -> None:
+        """Emit lines appending the encoding of the local ``source`` (of ``schema``) to ``out``."""
+        if isinstance(schema, list):
+            self.union(schema, source, indent)
+            return
+        if isinstance(schema, str):
+            if schema in _PRIMITIVE_TYPES:
+                self.primitive(schema, source, indent)
+                return
+            if schema not in self.named or schema in self.active:
+                raise _Unsupported(schema)
+            self.value(self.named[schema], source, indent)
+            return
+        kind = schema["type"]
+        logical_on_complex = "logicalType" in schema and kind in ("record", "enum", "array", "fixed")
+        if not isinstance(kind, str) or kind in ("map", "error") or logical_on_complex:
+            raise _Unsupported(kind)
+        if "logicalType" in schema:
+            writer = LOGICAL_WRITERS.get(extract_logical_type(schema))
+            if writer is not None:
+                prepared = self.var("p")
+                fn, sch = self.const(writer, "lw"), self.const(schema, "s")
+                self.emit(indent, f"{prepared} = {fn}({source}, {sch})")
+                source = prepared
+        if kind in _PRIMITIVE_TYPES:
+            self.primitive(kind, source, indent)
+        elif kind == "record":
+            name = schema["name"]
+            self.named[name] = schema
+            self.active.add(name)
+            self.check(indent, source, "dict")
+            for field in schema["fields"]:
+                local = self.var("f")
+                self.emit(indent, f"{local} = {source}[{field['name']!r}]")
+                self.value(field["type"], local, indent)
+            self.active.discard(name)
+        elif kind == "enum":
+            self.named[schema["name"]] = schema
+            symbols = self.const(list(schema["symbols"]), "sym")
+            self.emit(indent, f"out += _zigzag({symbols}.index({source}))")
+        elif kind == "fixed":
+            self.named[schema["name"]] = schema
+            self.check(indent, source, "bytes")
+            self.emit(indent, f"if len({source}) != {int(schema['size'])}:")
+            self.emit(indent + 1, "raise _NotCanonical")
+            self.emit(indent, f"out += {source}")
+        elif kind == "array":
+            items = self.var("a")
+            self.emit(indent, f"if type({source}) is not list and type({source}) is not tuple:")
+            self.emit(indent + 1, "raise _NotCanonical")
+            self.emit(indent, f"if {source}:")
+            self.emit(indent + 1, f"out += _zigzag(len({source}))")
+            self.emit(indent + 1, f"for {items} in {source}:")
+            self.value(schema["items"], items, indent + 2)
+            self.emit(indent, "out += b'\\x00'")
+        else:
+            self.value(kind, source, indent)
+
+    def primitive(self, kind: str, source: str, indent: int) -> None:
+        if kind == "null":
+            self.emit(indent, f"if {source} is not None:")
+            self.emit(indent + 1, "raise _NotCanonical")
+        elif kind == "boolean":
+            self.check(indent, source, "bool")
+            self.emit(indent, f"out += b'\\x01' if {source} else b'\\x00'")
+        elif kind in ("int", "long"):
+            self.long(indent, source)
+        elif kind == "float":
+            self.check(indent, source, "float")
+            self.emit(indent, f"out += _pack_float({source})")
+        elif kind == "double":
+            self.check(indent, source, "float")
+            self.emit(indent, f"out += _pack_double({source})")
+        else:  # bytes, string
+            encoded = source
+            if kind == "string":
+                self.check(indent, source, "str")
+                encoded = self.var("b")
+                self.emit(indent, f"{encoded} = {source}.encode()")
+            else:
+                self.check(indent, source, "bytes")
+            self.emit(indent, f"out += _zigzag(len({encoded}))")
+            self.emit(indent, f"out += {encoded}")
+
+    def union(self, branches: list[Any], source: str, indent: int) -> None:
+        other = [b for b in branches if b != "null"]
+        if (
+            len(branches) != 2
+            or len(other) != 1
+            or not isinstance(other[0], str)
+            or other[0] not in _UNION_PLAIN_BRANCHES
+        ):
+            raise _Unsupported("union")  # fastavro's branch matching is left to fastavro
+        null_index, other_index = branches.index("null"), branches.index(other[0])
+        self.emit(indent, f"if {source} is None:")
+        self.emit(indent + 1, f"out += {_ZIGZAG_BYTES[null_index << 1]!r}")
+        self.emit(indent, "else:")
+        self.emit(indent + 1, f"out += {_ZIGZAG_BYTES[other_index << 1]!r}")
+        if other[0] == "int":  # fastavro only picks an int branch for a 32-bit value
+            self.long(indent + 1, source, "_INT_LIMIT")
+        else:
+            self.value(other[0], source, indent + 1)
+
+
+def compile_writer(schema: Any, label: str = "record") -> Callable[[Any], bytes] | None:
+    """A fast writer of ``schema``'s (parsed) binary encoding, or None when fastavro must do it.
+
+    ``writer(record)`` returns the bytes fastavro's ``schemaless_writer`` writes for ``record``, or raises
+    (any exception) when the record is not the plain case; then the caller must ask fastavro.
+    """
+    compiler = _WriterCompiler()
+    try:
+        compiler.value(schema, "record", 1)
+    except _Unsupported:
+        return None
+    source = "\n".join(
+        ["def writer(record):", "    out = bytearray()", *compiler.lines, "    return bytes(out)"]
+    )
+    namespace: dict[str, Any] = {
+        "_zigzag": _zigzag,
+        "_pack_float": struct.Struct("<f").pack,
+        "_pack_double": struct.Struct("<d").pack,
+        "_NotCanonical": _NotCanonical,
+        "_LONG_LIMIT": _LONG_LIMIT,
+        "_INT_LIMIT": _INT_LIMIT,
+        **compiler.consts,
+    }
+    exec(compile(source, f"<esflow avro writer: {label}>", "exec"), namespace)
+    writer: Callable[[Any], bytes] = namespace["writer"]
+    return writer
 
 
 def _located(exc: CodecError, topic: str | None, partition: int | None, offset: int | None) -> CodecError:
