@@ -8,6 +8,7 @@ and forwards SIGTERM/SIGINT to them for a graceful stop.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -81,6 +82,35 @@ def projector_list() -> None:
     """Print the projections, one per line."""
     for name in PROJECTIONS:
         click.echo(name)
+
+
+@projector.command("status")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def projector_status(as_json: bool) -> None:
+    """Print projection_status: per projection and partition, how fresh the read model is."""
+    settings = load_settings()
+    engine = _engine(settings)
+    query = sa.text(
+        "SELECT projection, topic, partition, last_offset, last_event_at, updated_at, lag, events_applied, "
+        "halted, error FROM projection_status ORDER BY projection, topic, partition"
+    )
+    try:
+        with engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+    except Exception as exc:
+        raise translate(exc, context="reading projection_status") from exc
+    finally:
+        engine.dispose()
+    for row in rows:
+        if as_json:
+            click.echo(json.dumps(row, default=str))
+            continue
+        state = f"HALTED: {row['error']}" if row["halted"] else "ok"
+        lag = "?" if row["lag"] is None else row["lag"]
+        click.echo(
+            f"{row['projection']:<22} {row['topic']}[{row['partition']}] offset {row['last_offset']} "
+            f"as of {row['last_event_at']} lag {lag} {state}"
+        )
 
 
 @projector.command("run")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -69,4 +72,16 @@ def test_status_table_says_how_fresh_each_partition_is(harness: Harness, name: s
             last[(topic, partition)] = (offset, env.metadata.occurred_at)
     assert {(r.topic, r.partition): (r.last_offset, r.last_event_at) for r in rows} == last
     assert all(not r.halted for r in rows)
+    cli = subprocess.run(
+        [sys.executable, "-m", "esflow", "projector", "status", "--json"],
+        env=harness.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    printed = [json.loads(line) for line in cli.stdout.splitlines()]
+    assert {(r["topic"], r["partition"], r["last_offset"]) for r in printed} == {
+        (t, p, o) for (t, p), (o, _) in last.items()
+    }
     assert all(r.lag == 0 for r in rows if r.lag is not None)
