@@ -14,6 +14,13 @@ Step 3's re-encode makes a v1 record pay twice, but keeps Avro's default-filling
 
 The domain never sees Avro: envelopes go in as pydantic models dumped in python mode (fastavro needs
 UUID, datetime and Decimal objects for the logical types) and come out validated against the models.
+
+Fast paths (speed only, never behaviour): the newest version of each type gets a compiled reader and
+writer (:func:`compile_reader`, :func:`compile_writer`: the schema turned once into straight-line Python
+that indexes bytes instead of interpreting the schema per value) and one pydantic-core validator for the
+whole envelope (:func:`envelope_validator`). They handle the plain case only; whatever they refuse (odd
+encodings, unusual Python types, invalid data) goes the full way through fastavro and the models, which
+produces the result or the exact error it always did. ``tests/unit/test_codec_fast.py`` holds them to that.
 """
 
 from __future__ import annotations
