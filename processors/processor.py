@@ -209,8 +209,8 @@ class Processor:
                     "client.id": f"esflow-processor-{self.settings.instance_id}",
                     "transaction.timeout.ms": self.settings.transaction_timeout_ms,
                     "linger.ms": 2,
-                    # Snapshots repeat their JSON keys and carry the result window: they compress well.
-                    "compression.type": "lz4",
+                    # No compression: aiokafka (the projections) needs extra packages to read lz4/zstd
+                    # batches, and measured throughput did not improve with lz4.
                     "batch.num.messages": 10000,
                     "queue.buffering.max.messages": 500000,
                 },
@@ -304,7 +304,7 @@ class Processor:
             self._produce_answers(batch)
             offsets = [TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()]
             producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
-            producer.commit_transaction(60)
+            self._commit(producer)
         except KafkaException as exc:
             self._abort(exc)
             return
@@ -318,6 +318,24 @@ class Processor:
         self.metrics.transactions.labels("committed").inc()
         self.metrics.transaction_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(batch.size)
+
+    @staticmethod
+    def _commit(producer: Producer) -> None:
+        # A retriable failure (a timeout) leaves the outcome unknown: aborting then could undo a commit
+        # the broker already made while the cache and offsets disagree. librdkafka's rule: call again.
+        for attempt in range(5):
+            try:
+                producer.commit_transaction(60)
+                return
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                if not err.retriable() or err.txn_requires_abort():
+                    raise
+                if attempt == 4:
+                    # Still unknown: stop. A restart's init_transactions settles the transaction and the
+                    # restore then reads whatever became of it.
+                    raise ProcessorError(f"commit_transaction outcome unknown: {err.str()}") from exc
+                log.warning("commit_transaction failed (%s); retrying", err.str())
 
     def _flush(self, producer: Producer) -> None:
         left = producer.flush(60)
