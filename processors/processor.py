@@ -2,7 +2,8 @@
 
 One instance = one consumer (subscribed to ``commands.<aggregate>``, read_committed, no auto-commit) and
 one transactional producer whose ``transactional.id`` is stable per instance (``<group>-<instance>``).
-Per batch (up to ``batch_max_commands`` or ``batch_max_ms``)::
+Per batch (the first command within ``batch_max_ms``, then up to ``batch_max_commands`` arriving within
+``batch_linger_ms``)::
 
     begin_transaction
       per command: decode -> idempotency window -> execute(decide) -> produce events (explicit partition)
@@ -265,9 +266,20 @@ class Processor:
     def run_once(self) -> int:
         """Consume one batch and process it in one transaction; returns the number of messages."""
         consumer = self._require_consumer()
-        messages = consumer.consume(
-            num_messages=self.settings.batch_max_commands, timeout=self.settings.batch_max_ms / 1000
-        )
+        # consume(n, timeout) always blocks for the whole timeout unless n messages arrive, which would
+        # add the full batch window to every command's latency. Wait for the first command instead, then
+        # linger briefly for more: under load the fetched queue fills the batch at once.
+        first = consumer.poll(self.settings.batch_max_ms / 1000)
+        messages: list[Message] = []
+        if first is not None:
+            messages.append(first)
+            if self.settings.batch_max_commands > 1:
+                messages.extend(
+                    consumer.consume(
+                        num_messages=self.settings.batch_max_commands - 1,
+                        timeout=self.settings.batch_linger_ms / 1000,
+                    )
+                )
         self.metrics.turn()
         if messages:
             self.process(messages)

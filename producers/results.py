@@ -29,8 +29,12 @@ class ResultListener:
     def __init__(self, settings: Settings, *, start_timeout_s: float = 30.0) -> None:
         self._topic = results_topic(settings.topics)
         # No group: positions are set by hand and nothing is committed.
+        # A short fetch wait: results arrive in bursts at transaction commits, and librdkafka's default
+        # (500 ms) can hold a read_committed fetch that long before returning what just became stable.
         self._consumer = Consumer(
-            consumer_config(settings.kafka, "esflow-results-unused", **{"log_level": 2})
+            consumer_config(
+                settings.kafka, "esflow-results-unused", **{"log_level": 2, "fetch.wait.max.ms": 10}
+            )
         )
         md = self._consumer.list_topics(self._topic, timeout=start_timeout_s)
         meta = md.topics.get(self._topic)
@@ -64,7 +68,12 @@ class ResultListener:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                for msg in self._consumer.consume(500, 0.2):
+                # consume(n, timeout) blocks for the whole timeout unless n messages arrive: wait for the
+                # first message with poll(), then take whatever else is already there without waiting.
+                first = self._consumer.poll(0.1)
+                if first is None:
+                    continue
+                for msg in [first, *self._consumer.consume(500, 0)]:
                     if msg.error():
                         continue
                     key = msg.key()

@@ -118,7 +118,10 @@ class ProcessorSettings(BaseSettings):
         "product,order,account", description="Comma-separated aggregate types whose commands this group runs."
     )
     batch_max_commands: int = Field(1000, ge=1, description="Most commands in one Kafka transaction.")
-    batch_max_ms: int = Field(100, ge=1, description="Longest wait to fill a batch before committing it.")
+    batch_max_ms: int = Field(100, ge=1, description="Longest wait for the first command of a batch.")
+    batch_linger_ms: int = Field(
+        5, ge=0, description="After a batch's first command, how long to wait for more before committing."
+    )
     idempotency_window: int = Field(
         32, ge=1, description="Most recent command ids (with results) kept per aggregate in its snapshot."
     )
