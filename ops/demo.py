@@ -113,8 +113,14 @@ def _summary(settings: Settings) -> list[str]:
 
 
 @click.command()
-@click.option("--commands", "count", type=click.IntRange(min=1), default=5000, show_default=True)
-@click.option("--rate", type=float, default=500.0, show_default=True, help="Commands/s, open loop.")
+@click.option("--commands", "count", type=click.IntRange(min=1), default=4000, show_default=True)
+@click.option(
+    "--rate",
+    type=float,
+    default=200.0,
+    show_default=True,
+    help="Commands/s, open loop (seven workers share the CPU).",
+)
 @click.option("--reject-share", type=click.FloatRange(0, 1), default=0.05, show_default=True)
 @click.option("--keep-running", is_flag=True, help="Leave the stack, processor and projections running.")
 def demo(count: int, rate: float, reject_share: float, keep_running: bool) -> None:
