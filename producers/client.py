@@ -61,6 +61,22 @@ def _failure(env: CommandEnvelope, err: KafkaError, bootstrap: str) -> DeliveryF
     )
 
 
+def _outcome(
+    env: CommandEnvelope, err: KafkaError | None, msg: Message, bootstrap: str
+) -> SendReceipt | DeliveryFailed:
+    """The receipt (or failure) a delivery report means for ``env``."""
+    if err is not None:
+        return _failure(env, err, bootstrap)
+    return SendReceipt(
+        env.metadata.command_id,
+        env.metadata.aggregate_id,
+        env.command.type_name(),
+        msg.topic() or "",
+        msg.partition() or 0,
+        msg.offset() or 0,
+    )
+
+
 class CommandClient:
     """Publishes commands; one instance per process is enough (it is thread-safe)."""
 
@@ -149,19 +165,7 @@ class CommandClient:
 
         def callback(i: int) -> Callable[[KafkaError | None, Message], None]:
             def done(err: KafkaError | None, msg: Message) -> None:
-                env = envs[i]
-                result: SendReceipt | DeliveryFailed
-                if err is not None:
-                    result = _failure(env, err, self._bootstrap)
-                else:
-                    result = SendReceipt(
-                        env.metadata.command_id,
-                        env.metadata.aggregate_id,
-                        env.command.type_name(),
-                        msg.topic() or "",
-                        msg.partition() or 0,
-                        msg.offset() or 0,
-                    )
+                result = _outcome(envs[i], err, msg, self._bootstrap)
                 outcomes[i] = result
                 if on_ack is not None:
                     on_ack(result)
@@ -277,18 +281,7 @@ class AsyncCommandClient:
             fut: asyncio.Future[SendReceipt], env: CommandEnvelope
         ) -> Callable[[KafkaError | None, Message], None]:
             def done(err: KafkaError | None, msg: Message) -> None:
-                if err is not None:
-                    outcome: SendReceipt | DeliveryFailed = _failure(env, err, self._sync._bootstrap)
-                else:
-                    outcome = SendReceipt(
-                        env.metadata.command_id,
-                        env.metadata.aggregate_id,
-                        env.command.type_name(),
-                        msg.topic() or "",
-                        msg.partition() or 0,
-                        msg.offset() or 0,
-                    )
-                loop.call_soon_threadsafe(_settle, fut, outcome)
+                loop.call_soon_threadsafe(_settle, fut, _outcome(env, err, msg, self._sync._bootstrap))
 
             return done
 
