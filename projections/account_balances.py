@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
 
 import sqlalchemy as sa
 
@@ -19,7 +18,7 @@ from esflow.domain.account import (
 from esflow.domain.messages import EventEnvelope
 from esflow.readmodel.bulk import UpsertMethod, upsert
 from esflow.readmodel.tables import account_balances
-from projections.common import Events, Row, event_types, load_rows, values
+from projections.common import Events, Row, event_types, fold_by_aggregate, values
 
 COLUMNS: Sequence[str] = tuple(c.name for c in account_balances.columns)
 
@@ -78,14 +77,8 @@ class AccountBalancesProjection:
 
     def apply(self, conn: sa.Connection, events: Events, *, method: UpsertMethod) -> None:
         """Fold the batch into the stored rows and upsert the changed ones."""
-        rows = load_rows(
-            conn, account_balances, "account_id", (e.payload.metadata.aggregate_id for e in events)
-        )
-        changed: dict[Any, Row] = {}
-        for decoded in events:
-            key = decoded.payload.metadata.aggregate_id
-            changed[key] = fold(changed.get(key) or rows.get(key), decoded.payload)
-        out = [values(row, COLUMNS) for row in changed.values()]
+        changed = fold_by_aggregate(conn, account_balances, "account_id", events, fold)
+        out = [values(row, COLUMNS) for row in changed]
         upsert(
             conn, account_balances, COLUMNS, out, conflict=["account_id"], update=COLUMNS[1:], method=method
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -33,6 +33,31 @@ def load_rows(conn: sa.Connection, table: sa.Table, key: str, ids: Iterable[UUID
     column = table.c[key]
     query = sa.select(table).where(column == sa.any_(sa.bindparam("ids", wanted, type_=ARRAY(PG_UUID()))))
     return {row[key]: dict(row) for row in conn.execute(query).mappings()}
+
+
+def fold_by_aggregate(
+    conn: sa.Connection,
+    table: sa.Table,
+    key: str,
+    events: Events,
+    fold: Callable[[Row | None, EventEnvelope], Row],
+    *,
+    loaded: Callable[[Row], None] | None = None,
+) -> list[Row]:
+    """Fold a batch into one row per aggregate: the stored row (``key`` = aggregate id) plus its events.
+
+    Returns the rows the batch changed, in first-touched order; ``loaded`` may adjust each stored row
+    before folding.
+    """
+    rows = load_rows(conn, table, key, (e.payload.metadata.aggregate_id for e in events))
+    if loaded is not None:
+        for row in rows.values():
+            loaded(row)
+    changed: dict[Any, Row] = {}
+    for decoded in events:
+        agg = decoded.payload.metadata.aggregate_id
+        changed[agg] = fold(changed.get(agg) or rows.get(agg), decoded.payload)
+    return list(changed.values())
 
 
 def _default(value: Any) -> Any:

@@ -31,7 +31,7 @@ from esflow.domain.order import (
 from esflow.domain.values import OrderItem
 from esflow.readmodel.bulk import UpsertMethod, upsert
 from esflow.readmodel.tables import orders
-from projections.common import Events, Row, event_types, json_text, load_rows, values
+from projections.common import Events, Row, event_types, fold_by_aggregate, json_text, values
 
 COLUMNS: Sequence[str] = tuple(c.name for c in orders.columns)
 
@@ -113,6 +113,11 @@ def fold(row: Row | None, envelope: EventEnvelope) -> Row:
     return new
 
 
+def _parse_lines(row: Row) -> None:
+    if isinstance(row["lines"], str):  # pragma: no cover - psycopg returns jsonb as dicts
+        row["lines"] = orjson.loads(row["lines"])
+
+
 class OrdersProjection:
     """Builds ``orders`` from ``events.order``."""
 
@@ -126,17 +131,9 @@ class OrdersProjection:
 
     def apply(self, conn: sa.Connection, events: Events, *, method: UpsertMethod) -> None:
         """Fold the batch into the stored rows and upsert the changed ones."""
-        rows = load_rows(conn, orders, "order_id", (e.payload.metadata.aggregate_id for e in events))
-        for row in rows.values():
-            if isinstance(row["lines"], str):  # pragma: no cover - psycopg returns jsonb as dicts
-                row["lines"] = orjson.loads(row["lines"])
-        changed: dict[Any, Row] = {}
-        for decoded in events:
-            key = decoded.payload.metadata.aggregate_id
-            row = fold(changed.get(key) or rows.get(key), decoded.payload)
-            changed[key] = row
+        changed = fold_by_aggregate(conn, orders, "order_id", events, fold, loaded=_parse_lines)
         out = []
-        for row in changed.values():
+        for row in changed:
             record = dict(row)
             record["lines"] = json_text(row["lines"])
             out.append(values(record, COLUMNS))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import sqlalchemy as sa
 
@@ -18,7 +17,7 @@ from esflow.domain.product import (
 )
 from esflow.readmodel.bulk import UpsertMethod, upsert
 from esflow.readmodel.tables import product_catalog
-from projections.common import Events, Row, event_types, load_rows, values
+from projections.common import Events, Row, event_types, fold_by_aggregate, values
 
 # ``available`` is a generated column: Postgres computes it, nobody writes it.
 COLUMNS: Sequence[str] = tuple(c.name for c in product_catalog.columns if c.name != "available")
@@ -78,14 +77,8 @@ class ProductCatalogProjection:
 
     def apply(self, conn: sa.Connection, events: Events, *, method: UpsertMethod) -> None:
         """Fold the batch into the stored rows and upsert the changed ones."""
-        rows = load_rows(
-            conn, product_catalog, "product_id", (e.payload.metadata.aggregate_id for e in events)
-        )
-        changed: dict[Any, Row] = {}
-        for decoded in events:
-            key = decoded.payload.metadata.aggregate_id
-            changed[key] = fold(changed.get(key) or rows.get(key), decoded.payload)
-        out = [values(row, COLUMNS) for row in changed.values()]
+        changed = fold_by_aggregate(conn, product_catalog, "product_id", events, fold)
+        out = [values(row, COLUMNS) for row in changed]
         upsert(
             conn, product_catalog, COLUMNS, out, conflict=["product_id"], update=COLUMNS[1:], method=method
         )
