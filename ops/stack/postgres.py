@@ -207,7 +207,8 @@ class PostgresServer:
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (s.user,)).fetchone()
             verb = sql.SQL("ALTER") if exists else sql.SQL("CREATE")
             conn.execute(
-                sql.SQL("{} ROLE {} LOGIN CREATEDB PASSWORD {}").format(
+                # CREATEROLE: `esflow db migrate` creates the read-only BI role and `grant-bi` grants it.
+                sql.SQL("{} ROLE {} LOGIN CREATEDB CREATEROLE PASSWORD {}").format(
                     verb, sql.Identifier(s.user), sql.Literal(s.password)
                 )
             )
