@@ -27,6 +27,7 @@ from esflow.errors import EsflowError, StackError
 from esflow.messaging import topics
 from esflow.messaging.kafka import admin_client
 from esflow.messaging.results import CommandResult
+from esflow.readmodel.versions import Layout
 from esflow.settings import Settings, load_settings
 from ops.stack.manager import Stack
 from producers import loadgen as lg
@@ -80,7 +81,8 @@ def _wait_for_projections(settings: Settings, token: ConsistencyToken, timeout_s
 
 def _summary(settings: Settings) -> list[str]:
     url = settings.postgres.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
-    schema = settings.projections.db_schema
+    # Read through the bi views, as a BI tool does.
+    schema = Layout(settings.projections.db_schema).bi
     out: list[str] = []
     with psycopg.connect(url, options=f"-c search_path={schema}") as conn:
         out.append("orders by status:")

@@ -3,6 +3,9 @@
 An accepted command's result names where its events landed (topic, partition, offset). A projection
 has applied them once its Postgres checkpoint for each of those partitions is at or past that offset —
 the checkpoint is written in the same transaction as the rows, so from then on a reader sees the write.
+The checkpoints read are the live version's (the one the `bi` views show): a version switch happens only
+when the new version has applied at least as much of every partition, so a token once passed stays
+passed for readers of the views.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from dataclasses import dataclass
 
 from esflow.errors import ClientError, ResultTimeout
 from esflow.messaging.results import CommandResult
-from esflow.readmodel.store import ProjectionStore, create_engine
+from esflow.readmodel import versions
+from esflow.readmodel.store import create_engine
 from esflow.settings import Settings, load_settings
 
 TP = tuple[str, int]
@@ -64,14 +68,17 @@ class ProjectionWaiter:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or load_settings()
-        self._store = ProjectionStore(
-            create_engine(self.settings.postgres, self.settings.projections.db_schema, pool_size=1)
-        )
+        self._layout = versions.Layout(self.settings.projections.db_schema)
+        self._engine = create_engine(self.settings.postgres, self._layout.base, pool_size=1)
 
     def behind(self, token: ConsistencyToken, projection: str) -> list[tuple[str, int, int, int | None]]:
         """The token's partitions the projection has not passed: (topic, partition, wanted, have)."""
-        tps = [(t, p) for t, p, _ in token.positions]
-        have = self._store.checkpoints(projection, tps) if tps else {}
+        have: dict[TP, int] = {}
+        if token.positions:
+            with self._engine.connect() as conn:
+                live = versions.live_version(conn, self._layout, projection)
+                if live is not None:
+                    have = versions.checkpoints(conn, live.schema, projection)
         return [(t, p, o, have.get((t, p))) for t, p, o in token.positions if have.get((t, p), -1) < o]
 
     def wait(
@@ -98,7 +105,7 @@ class ProjectionWaiter:
 
     def close(self) -> None:
         """Release the connection pool."""
-        self._store.engine.dispose()
+        self._engine.dispose()
 
     def __enter__(self) -> ProjectionWaiter:
         return self

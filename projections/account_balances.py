@@ -68,6 +68,7 @@ class AccountBalancesProjection:
     """Builds ``account_balances`` from ``events.account``."""
 
     name = "account_balances"
+    version = 1
     aggregates = ("account",)
     _known = event_types("account")
 

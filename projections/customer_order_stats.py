@@ -63,6 +63,7 @@ class CustomerOrderStatsProjection:
     """Builds ``customer_order_stats`` from ``events.order``."""
 
     name = "customer_order_stats"
+    version = 1
     aggregates = ("order",)
     _known = event_types("order")
 

@@ -25,6 +25,7 @@ class DailyRevenueProjection:
     """Builds ``daily_revenue`` from ``OrderPaid`` and ``OrderRefunded``."""
 
     name = "daily_revenue"
+    version = 1
     aggregates = ("order",)
     _known = event_types("order")
 

@@ -38,6 +38,7 @@ class EventLogProjection:
     """Appends every event of every aggregate to ``event_log``."""
 
     name = "event_log"
+    version = 1
     aggregates = ("product", "order", "account")
     _known = event_types("product", "order", "account")
 

@@ -40,6 +40,7 @@ class OrderItemsProjection:
     """Builds ``order_items`` from ``events.order`` (other order events are known and ignored)."""
 
     name = "order_items"
+    version = 1
     aggregates = ("order",)
     _known = event_types("order")
 

@@ -122,6 +122,7 @@ class OrdersProjection:
     """Builds ``orders`` from ``events.order``."""
 
     name = "orders"
+    version = 1
     aggregates = ("order",)
     _known = event_types("order")
 

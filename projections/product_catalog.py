@@ -68,6 +68,7 @@ class ProductCatalogProjection:
     """Builds ``product_catalog`` from ``events.product``."""
 
     name = "product_catalog"
+    version = 1
     aggregates = ("product",)
     _known = event_types("product")
 

@@ -46,6 +46,11 @@ def event_topics(projection: Projection[Any], topics: TopicSettings) -> tuple[st
     return tuple(event_topic(aggregate, topics) for aggregate in projection.aggregates)
 
 
+def version_group(settings: ProjectionSettings, projection: str, version: int) -> str:
+    """The consumer group (and Faust app id) of one projection version."""
+    return f"{settings.group_prefix}-{projection}-v{version}"
+
+
 def build(
     projection: Projection[Any],
     decoder: Decoder[Any],
@@ -54,9 +59,14 @@ def build(
     kafka: KafkaSettings,
     topics: TopicSettings,
     settings: ProjectionSettings,
+    group_id: str | None = None,
 ) -> Runtime:
-    """A Faust app that keeps ``projection`` up to date, exactly once in effect."""
-    app_id = f"{settings.group_prefix}-{projection.name}"
+    """A Faust app that keeps ``projection`` up to date, exactly once in effect.
+
+    ``group_id`` (also the Faust app id) defaults to ``<group_prefix>-<name>``; a projection version
+    uses :func:`version_group` so each version has its own consumer group.
+    """
+    app_id = group_id or f"{settings.group_prefix}-{projection.name}"
     # Faust wants a data directory even without tables; keep it out of the working directory.
     datadir = Path(tempfile.gettempdir()) / "esflow-faust" / app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)

@@ -90,5 +90,22 @@ def pg_schema(pg_conninfo: str, unique: Callable[[str], str]) -> Iterator[str]:
     with psycopg.connect(pg_conninfo, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{name}"')
     yield name
-    with psycopg.connect(pg_conninfo, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    drop_installation(pg_conninfo, name)
+
+
+def drop_installation(conninfo: str, base: str) -> None:
+    """Drop a schema and everything an esflow installation derived from it (``<base>_*`` schemas, roles).
+
+    The roles go last: once the schemas are gone they hold no privileges, so they can be dropped.
+    """
+    pattern = base.replace("_", r"\_") + r"\_%"
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        schemas = [
+            r[0] for r in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (pattern,))
+        ]
+        for schema in [base, *schemas]:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        for (role,) in conn.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname LIKE %s", (pattern,)
+        ).fetchall():
+            conn.execute(f'DROP ROLE "{role}"')

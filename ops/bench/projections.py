@@ -46,7 +46,7 @@ from esflow.messaging.kafka import producer_config
 from esflow.messaging.topics import event_topic, wait_until_visible
 from esflow.readmodel.applier import BatchApplier
 from esflow.readmodel.bulk import UpsertMethod, copy_rows, upsert
-from esflow.readmodel.migrations import migrate
+from esflow.readmodel.migrations import create_schema
 from esflow.readmodel.projection import Decoded, RawEvent, prepare
 from esflow.readmodel.store import ProjectionStore, create_engine
 from esflow.readmodel.tables import event_log
@@ -69,6 +69,7 @@ class NoopProjection:
     """Reads every event topic and writes nothing but checkpoints: the ceiling Faust itself allows."""
 
     name = "noop"
+    version = 1
     aggregates = AGGREGATES
 
     def knows(self, type_name: str) -> bool:
@@ -117,7 +118,8 @@ def _raws(codec: Codec, envelopes: Sequence[Any], partitions: int) -> list[RawEv
 
 def _schema(engine_of: Any, pg: PostgresSettings, name: str) -> sa.Engine:
     engine: sa.Engine = engine_of(pg, name)
-    migrate(engine, name)
+    with engine.begin() as conn:
+        create_schema(conn, name)
     return engine
 
 

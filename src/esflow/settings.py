@@ -216,6 +216,18 @@ class ProjectionSettings(BaseSettings):
     session_timeout_s: float = Field(
         10.0, gt=0, le=90, description="Consumer group session: how soon the others take over a dead worker."
     )
+    auto_rebuild: bool = Field(
+        False,
+        description="A worker whose projection code version has no version yet rebuilds it (blue-green) "
+        "and switches to it, instead of refusing to start.",
+    )
+    rebuild_lag_threshold: int = Field(
+        100, ge=0, description="A rebuild switches once every partition is at most this many events behind."
+    )
+    rebuild_batch_size: int = Field(20_000, ge=1, description="Events per transaction while replaying.")
+    version_poll_s: float = Field(
+        2.0, gt=0, description="How often a worker checks whether another version went live."
+    )
 
 
 class Settings(BaseSettings):

@@ -79,6 +79,15 @@ class Projection(Protocol[E]):
         ...
 
     @property
+    def version(self) -> int:
+        """Code version, bumped whenever the projection's tables or logic change.
+
+        A new code version is a new projection version, rebuilt blue-green into its own schema; its DDL is
+        keyed by this number.
+        """
+        ...
+
+    @property
     def aggregates(self) -> tuple[str, ...]:
         """Aggregates whose event topics (``events.<aggregate>``) the projection reads."""
         ...

@@ -14,9 +14,11 @@ import pytest
 
 from esflow.domain.account import DepositFunds, OpenAccount
 from esflow.errors import ResultTimeout
+from esflow.readmodel.versions import Layout
 from esflow.settings import PostgresSettings, ProjectionSettings, Settings
 from producers.client import CommandClient
 from producers.consistency import ConsistencyToken, ProjectionWaiter, wait_for_projection
+from tests.conftest import drop_installation
 from tests.support.services import Services
 
 
@@ -61,15 +63,15 @@ def with_projector(
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
-        with psycopg.connect(services.database_url.replace("+psycopg", ""), autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        drop_installation(services.database_url.replace("+psycopg", ""), schema)
 
 
 def _balance(settings: Settings, account: uuid.UUID) -> Decimal | None:
     url = settings.postgres.database_url.replace("+psycopg", "")
     with psycopg.connect(url) as conn:
         row = conn.execute(
-            f'SELECT balance FROM "{settings.projections.db_schema}".account_balances WHERE account_id = %s',
+            f'SELECT balance FROM "{Layout(settings.projections.db_schema).bi}".account_balances '
+            "WHERE account_id = %s",
             (account,),
         ).fetchone()
     return None if row is None else Decimal(row[0])

@@ -1,7 +1,9 @@
 """Test harness for the projections: isolated topics and schema, a producer, real worker processes.
 
-Every test gets its own topic prefix, consumer-group prefix and Postgres schema, so tests never see each
-other's data. Workers are real `esflow projector run NAME` processes (killed with real signals).
+Every test gets its own topic prefix, consumer-group prefix and Postgres base schema (with its derived
+`bi` and version schemas), so tests never see each other's data. Workers are real `esflow projector run
+NAME` processes (killed with real signals). ``engine`` reads what BI tools read (the `bi` views);
+``db(name)`` reaches the physical tables of a projection's live version.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from esflow.domain.messages import EventEnvelope
 from esflow.messaging.codec import Codec
 from esflow.messaging.kafka import consumer_config, producer_config, transactional_producer_config
 from esflow.messaging.topics import event_topic, wait_until_visible
-from esflow.readmodel.migrations import migrate
+from esflow.readmodel import versions
 from esflow.readmodel.store import create_engine
 from esflow.settings import KafkaSettings, PostgresSettings, ProjectionSettings, TopicSettings
+from projections.registry import PROJECTIONS
 from tests.support.services import Services
 
 AGGREGATES = ("product", "order", "account")
@@ -51,9 +54,10 @@ class Harness:
     def __post_init__(self) -> None:
         self.topics = TopicSettings(prefix=self.prefix, partitions=self.partitions)
         self.group_prefix = f"g-{self.prefix.rstrip('.')}"
-        self.engine = create_engine(
-            PostgresSettings(database_url_override=self.services.database_url), self.schema
-        )
+        self.layout = versions.Layout(self.schema)
+        self.pg = PostgresSettings(database_url_override=self.services.database_url)
+        self.engine = create_engine(self.pg, self.layout.bi)
+        self._engines: dict[str, sa.Engine] = {}
         self.admin = AdminClient({"bootstrap.servers": self.kafka.bootstrap_servers})
         self._spawned = 0
 
@@ -75,13 +79,50 @@ class Harness:
         for fut in futures.values():
             fut.result(timeout=30)
         wait_until_visible(self.admin, names, timeout_s=30)
-        migrate(self.engine, self.schema)
+        base = create_engine(self.pg, self.schema)
+        try:
+            versions.install(
+                base, self.layout, {name: factory().version for name, factory in PROJECTIONS.items()}
+            )
+        finally:
+            base.dispose()
+
+    @property
+    def bi(self) -> str:
+        """The schema of the BI views."""
+        return self.layout.bi
+
+    def live_schema(self, projection: str) -> str:
+        """The schema of the projection's live version."""
+        with self.engine.connect() as conn:
+            live = versions.live_version(conn, self.layout, projection)
+        assert live is not None, f"{projection} has no live version"
+        return live.schema
+
+    def db(self, projection: str) -> sa.Engine:
+        """An engine on the physical tables of the projection's live version."""
+        schema = self.live_schema(projection)
+        if schema not in self._engines:
+            self._engines[schema] = create_engine(self.pg, schema)
+        return self._engines[schema]
+
+    def dead_letters(self) -> int:
+        """Records dead-lettered by the live versions of every projection."""
+        total = 0
+        for name in PROJECTIONS:
+            with self.db(name).connect() as conn:
+                total += int(
+                    conn.execute(sa.text("SELECT count(*) FROM projection_dead_letters")).scalar_one()
+                )
+        return total
 
     def teardown(self) -> None:
         """Stop workers, delete topics (the schema fixture drops the schema)."""
         for name in list(self.workers):
             self.stop(name)
         self.engine.dispose()
+        for engine in self._engines.values():
+            engine.dispose()
         for fut in self.admin.delete_topics(
             [self.topic(a) for a in AGGREGATES], operation_timeout=30
         ).values():

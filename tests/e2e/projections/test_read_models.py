@@ -44,7 +44,7 @@ def test_every_read_model_equals_the_fold_of_the_log(harness: Harness) -> None:
     assert all(c == [0] for c in codes.values()), f"graceful stop failed: {codes}\n{harness.log_text()}"
 
     expected = fold(sorted(log, key=lambda e: (e[0], e[1], e[2])))
-    actual, expected = comparable(read_tables(harness.engine, harness.schema), expected)
+    actual, expected = comparable(read_tables(harness.engine, harness.bi), expected)
     for name in expected:
         assert len(expected[name]) > 0, name
         missing = expected[name].keys() - actual[name].keys()

@@ -71,7 +71,7 @@ def test_a_worker_resumes_from_the_postgres_checkpoint_not_from_kafka(harness: H
 
     # 1. Postgres behind Kafka (a batch Kafka acked but Postgres never committed): roll the read model
     #    and the checkpoint of one partition back; Kafka's committed offset stays at the end.
-    with harness.engine.begin() as conn:
+    with harness.db("event_log").begin() as conn:
         conn.execute(
             sa.text('DELETE FROM event_log WHERE topic = :t AND partition = 0 AND "offset" > 9'), {"t": topic}
         )
@@ -92,7 +92,7 @@ def test_a_worker_resumes_from_the_postgres_checkpoint_not_from_kafka(harness: H
         )
     # 2. Kafka behind Postgres (offsets reset, or a commit lost): rewind the group to the beginning of
     #    another partition; Postgres says it is done, so nothing may be applied twice.
-    group = f"{harness.group_prefix}-event_log"
+    group = f"{harness.group_prefix}-event_log-v1"
     rewind = Consumer(consumer_config(harness.kafka, group))
     rewind.commit(offsets=[TopicPartition(topic, 1, 0)], asynchronous=False)
     rewind.close()

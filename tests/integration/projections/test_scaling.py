@@ -29,7 +29,7 @@ def _wait(predicate: object, timeout: float, what: str) -> None:
 def test_two_workers_split_partitions_and_the_survivor_takes_over(harness: Harness) -> None:
     harness.extra_env["ESFLOW_PROJECTION_SESSION_TIMEOUT_S"] = "6"
     port = free_port("127.0.0.1")
-    group = f"{harness.group_prefix}-event_log"
+    group = f"{harness.group_prefix}-event_log-v1"
     first = harness.start("event_log")
     harness.start("event_log", ESFLOW_PROJECTION_METRICS_PORT=str(port))
     # 9 partitions (3 topics x 3) between two members.

@@ -11,7 +11,7 @@ from esflow.errors import MigrationError
 from esflow.messaging.codec import Codec
 from esflow.readmodel.applier import BatchApplier
 from esflow.readmodel.bulk import UpsertMethod
-from esflow.readmodel.migrations import MIGRATIONS, Migration, migrate
+from esflow.readmodel.migrations import MIGRATIONS, Migration, create_schema, migrate
 from esflow.readmodel.projection import RawEvent
 from esflow.readmodel.store import ProjectionStore, create_engine
 from esflow.readmodel.tables import metadata
@@ -28,7 +28,8 @@ TOPIC = "events.order"
 @pytest.fixture
 def engine(pg_settings: PostgresSettings, pg_schema: str) -> Iterator[sa.Engine]:
     engine = create_engine(pg_settings, pg_schema)
-    migrate(engine, pg_schema)
+    with engine.begin() as conn:
+        create_schema(conn, pg_schema)
     yield engine
     engine.dispose()
 
@@ -61,8 +62,7 @@ def _count(engine: sa.Engine, sql: str) -> int:
         return int(conn.execute(sa.text(sql)).scalar_one())
 
 
-def test_migrations_match_the_tables_and_are_idempotent(engine: sa.Engine, pg_schema: str) -> None:
-    assert migrate(engine, pg_schema) == []  # already at the newest version
+def test_the_read_model_ddl_matches_the_tables(engine: sa.Engine, pg_schema: str) -> None:
     inspector = sa.inspect(engine)
     for table in metadata.sorted_tables:
         columns = {c["name"]: c for c in inspector.get_columns(table.name, schema=pg_schema)}
@@ -73,16 +73,28 @@ def test_migrations_match_the_tables_and_are_idempotent(engine: sa.Engine, pg_sc
             assert db_type == column.type.compile(dialect=engine.dialect), (table.name, column.name)
         pk = inspector.get_pk_constraint(table.name, schema=pg_schema)["constrained_columns"]
         assert pk == [c.name for c in table.primary_key.columns], table.name
-    with engine.connect() as conn:
-        ledger = conn.execute(sa.text("SELECT version, name FROM esflow_migrations")).all()
-    assert [tuple(r) for r in ledger] == [(m.version, m.name) for m in MIGRATIONS]
 
 
-def test_a_database_newer_than_the_code_is_refused(engine: sa.Engine, pg_schema: str) -> None:
-    newer = (*MIGRATIONS, Migration(MIGRATIONS[-1].version + 1, "future", ("CREATE TABLE future (x int)",)))
-    assert [m.name for m in migrate(engine, pg_schema, migrations=newer)] == ["future"]
-    with pytest.raises(MigrationError, match="newer than this esflow"):
-        migrate(engine, pg_schema)
+def test_base_migrations_are_recorded_and_idempotent(pg_settings: PostgresSettings, pg_schema: str) -> None:
+    base = f"{pg_schema}_base"
+    engine = create_engine(pg_settings, base)
+    try:
+        assert [m.version for m in migrate(engine, base)] == [m.version for m in MIGRATIONS]
+        assert migrate(engine, base) == []  # already at the newest version
+        with engine.connect() as conn:
+            ledger = conn.execute(sa.text("SELECT version, name FROM esflow_migrations")).all()
+        assert [tuple(r) for r in ledger] == [(m.version, m.name) for m in MIGRATIONS]
+        newer = (
+            *MIGRATIONS,
+            Migration(MIGRATIONS[-1].version + 1, "future", ("CREATE TABLE future (x int)",)),
+        )
+        assert [m.name for m in migrate(engine, base, migrations=newer)] == ["future"]
+        with pytest.raises(MigrationError, match="newer than this esflow"):
+            migrate(engine, base)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{base}" CASCADE'))
+        engine.dispose()
 
 
 def test_redelivered_batches_are_skipped(engine: sa.Engine) -> None:
@@ -199,7 +211,8 @@ def test_upsert_methods_give_the_same_rows(pg_settings: PostgresSettings, pg_sch
         schema = f"{pg_schema}_{method}"
         engine = create_engine(pg_settings, schema)
         try:
-            migrate(engine, schema)
+            with engine.begin() as conn:
+                create_schema(conn, schema)
             store = ProjectionStore(engine, method=method)
             BatchApplier(store, OrdersProjection(), EnvelopeDecoder(CODEC), ProjectionSettings()).process(
                 raws[:250]

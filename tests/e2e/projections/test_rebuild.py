@@ -1,0 +1,239 @@
+"""e2e: blue-green rebuilds and rollback under load, watched by a BI reader through the read-only role."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from esflow.readmodel import versions
+from ops.bench.projection_workload import Workload
+from tests.e2e.projections.expected import comparable, fold, read_tables
+from tests.e2e.projections.harness import Harness, LogEntry
+
+PASSWORD = "bi-secret"
+
+
+class Load:
+    """Domain events produced in the background (about 200/s) until stopped."""
+
+    def __init__(self, harness: Harness, log: list[LogEntry]) -> None:
+        self.harness = harness
+        self.log = log
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.workload = Workload(seed=77)
+
+    def _run(self) -> None:
+        while not self.stopped.is_set():
+            self.log += self.harness.produce(self.workload.events(50))
+            time.sleep(0.25)
+
+    def __enter__(self) -> Load:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.thread.join(30)
+
+
+def _run(harness: Harness, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "esflow", *args],
+        env=harness.env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def reader_role(harness: Harness) -> Iterator[str]:
+    """A login role granted the read-only BI role (dropped with the installation)."""
+    role = f"{harness.schema}_analyst"
+    done = _run(harness, "db", "grant-bi", role, "--password", PASSWORD)
+    assert done.returncode == 0, done.stderr
+    yield role
+
+
+def _conninfo(harness: Harness, role: str) -> str:
+    url = sa.make_url(harness.services.database_url)
+    return f"host={url.host} port={url.port} dbname={url.database} user={role} password={PASSWORD}"
+
+
+def _samples(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _orders_expected(harness: Harness, log: list[LogEntry]) -> int:
+    return sum(1 for topic, *_ in log if topic == harness.topic("order"))
+
+
+def _assert_equals_fold(harness: Harness, log: list[LogEntry], names: tuple[str, ...]) -> None:
+    expected = fold(sorted(log, key=lambda e: (e[0], e[1], e[2])))
+    expected = {n: expected[n] for n in names}
+    actual, expected = comparable(read_tables(harness.engine, harness.bi, names), expected)
+    for name in names:
+        assert expected[name], name
+        assert actual[name].keys() == expected[name].keys(), f"{name}: rows missing or extra"
+        wrong = [k for k in expected[name] if actual[name][k] != expected[name][k]]
+        assert not wrong, f"{name}: {len(wrong)} rows differ, e.g. {actual[name][wrong[0]]}"
+
+
+def _registry(harness: Harness, name: str) -> dict[int, str]:
+    with harness.engine.connect() as conn:
+        return {v.version: v.state for v in versions.list_versions(conn, harness.layout, name)}
+
+
+def test_rebuild_and_rollback_under_load_with_a_bi_reader(
+    harness: Harness, reader_role: str, tmp_path: Path
+) -> None:
+    log: list[LogEntry] = harness.produce(Workload(seed=5).events(3000))
+    worker = harness.start("orders")
+    harness.start("daily_revenue")
+    harness.wait_applied({"orders": _orders_expected(harness, log)}, timeout=120)
+
+    # The read-only role sees the views and nothing else.
+    with psycopg.connect(_conninfo(harness, reader_role), autocommit=True) as conn:
+        assert conn.execute(f'SELECT count(*) FROM "{harness.bi}".orders').fetchone()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f'SELECT count(*) FROM "{harness.layout.version_schema("orders", 1)}".orders')
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f'DELETE FROM "{harness.bi}".orders')
+
+    samples = tmp_path / "bi.jsonl"
+    reader = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.e2e.projections.bi_reader",
+            _conninfo(harness, reader_role),
+            harness.bi,
+            str(samples),
+        ]
+    )
+    try:
+        with Load(harness, log):
+            time.sleep(1.0)
+            rebuilt = _run(harness, "projection", "rebuild", "orders", "--lag-threshold", "20")
+            assert rebuilt.returncode == 0, rebuilt.stderr + harness.log_text()
+            assert "orders v2" in rebuilt.stdout and "live" in rebuilt.stdout, rebuilt.stdout
+            assert _registry(harness, "orders") == {1: "standby", 2: "live"}
+            # The worker follows the switch: same pid, re-executed on v2.
+            time.sleep(6.0)
+            assert worker.poll() is None, harness.log_text()
+            status = _run(harness, "projection", "status", "orders")
+            assert status.returncode == 0 and "v2   live" in status.stdout, status.stdout
+            time.sleep(2.0)
+            back = _run(harness, "projection", "rollback", "orders")
+            assert back.returncode == 0, back.stderr
+            assert _registry(harness, "orders") == {1: "live", 2: "standby"}
+            time.sleep(2.0)
+        harness.wait_applied({"orders": _orders_expected(harness, log)}, timeout=120)
+        time.sleep(1.0)
+    finally:
+        reader.send_signal(signal.SIGTERM)
+        reader.wait(30)
+
+    seen = _samples(samples)
+    errors = [s["error"] for s in seen if "error" in s]
+    assert not errors, errors[:3]
+    assert len(seen) > 50
+    for key in ("orders", "daily_revenue", "status"):
+        series = [s[key] for s in seen]
+        drops = [
+            (a, b) for a, b in itertools.pairwise(series) if any(y < x for x, y in zip(a, b, strict=True))
+        ]
+        assert not drops, f"{key} went backwards: {drops[:3]}"
+    _assert_equals_fold(harness, log, ("orders", "daily_revenue"))
+
+    # v1 is live again and current; v2 can go, v1 cannot.
+    assert _run(harness, "projection", "drop-version", "orders", "1").returncode != 0
+    dropped = _run(harness, "projection", "drop-version", "orders", "2")
+    assert dropped.returncode == 0, dropped.stderr
+    assert _registry(harness, "orders") == {1: "live", 2: "dropped"}
+    assert harness.stop("orders") == [0]
+    assert harness.stop("daily_revenue") == [0]
+
+
+def test_a_second_rebuild_is_refused_and_a_crashed_one_resumes(harness: Harness) -> None:
+    log = harness.produce(Workload(seed=8).events(20_000))
+    harness.start("event_log")
+    harness.wait_applied({"event_log": len(log)}, timeout=180)
+    env = harness.env(ESFLOW_PROJECTION_REBUILD_BATCH_SIZE="500")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "esflow", "projection", "rebuild", "event_log", "--quiet"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # Wait for it to be building, then try a second one while the first holds the lock.
+    deadline = time.monotonic() + 60
+    while _registry(harness, "event_log").get(2) != "building":
+        assert time.monotonic() < deadline and first.poll() is None, first.communicate()
+        time.sleep(0.1)
+    second = _run(harness, "projection", "rebuild", "event_log")
+    assert second.returncode != 0
+    assert "already running" in second.stderr, second.stderr
+    # SIGKILL mid-replay: whatever it committed stays, the rest is replayed by the next rebuild.
+    time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)
+    first.wait(30)
+    assert _registry(harness, "event_log") == {1: "live", 2: "building"}
+    resumed = _run(harness, "projection", "rebuild", "event_log")
+    assert resumed.returncode == 0, resumed.stderr
+    assert _registry(harness, "event_log") == {1: "standby", 2: "live"}
+    time.sleep(4.0)  # the worker follows to v2
+    harness.wait_applied({"event_log": len(log)}, timeout=60)
+    with harness.db("event_log").connect() as conn:
+        count, distinct = conn.execute(
+            sa.text("SELECT count(*), count(DISTINCT event_id) FROM event_log")
+        ).one()
+    assert count == distinct == len(log)
+    assert harness.stop("event_log") == [0]
+
+
+def test_a_version_that_breaks_the_bi_contract_never_goes_live(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from esflow.readmodel import migrations
+    from esflow.settings import load_settings
+    from projections.daily_revenue import DailyRevenueProjection
+    from projections.rebuild import Rebuilder
+
+    log = harness.produce(Workload(seed=9).events(500))
+
+    class Widened(DailyRevenueProjection):
+        version = 2
+
+    v1 = migrations.READ_MODELS["daily_revenue"][1]
+    # Code version 2 changes the type of a column the bi view exposes: a BI tool would break.
+    widened = migrations.ReadModelDDL(
+        tables=(v1.tables[0].replace("orders        integer", "orders        bigint"),)
+    )
+    assert widened.tables != v1.tables
+    monkeypatch.setitem(migrations.READ_MODELS, "daily_revenue", {1: v1, 2: widened})
+    for key, value in harness.env().items():
+        monkeypatch.setenv(key, value)
+    with (
+        Rebuilder("daily_revenue", load_settings(), projection=Widened()) as rebuilder,
+        pytest.raises(versions.ValidationFailed, match=r"daily_revenue\.orders is bigint"),
+    ):
+        rebuilder.rebuild(lag_threshold=0)
+    assert _registry(harness, "daily_revenue") == {1: "live", 2: "failed"}
+    with harness.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM daily_revenue")).scalar_one() == 0  # v1 never ran
+    assert len(log) == 500
