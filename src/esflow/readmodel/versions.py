@@ -246,8 +246,9 @@ def grant_bi(engine: sa.Engine, layout: Layout, role: str, *, password: str | No
 
 
 def _literal(text: str) -> str:
-    # CREATE ROLE cannot take a bind parameter for the password.
-    return text.replace("'", "''")
+    # DDL (CREATE ROLE, COMMENT ON) takes no bind parameters: quote for SQL, and escape colons so
+    # sa.text() does not read ":word" as a parameter.
+    return text.replace("'", "''").replace(":", "\\:")
 
 
 # ------------------------------------------------------------------------------------------ views

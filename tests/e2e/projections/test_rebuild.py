@@ -237,3 +237,32 @@ def test_a_version_that_breaks_the_bi_contract_never_goes_live(
     with harness.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM daily_revenue")).scalar_one() == 0  # v1 never ran
     assert len(log) == 500
+
+
+def test_a_worker_of_new_code_refuses_an_old_version_or_rebuilds_it_when_configured(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from esflow.errors import EsflowError
+    from esflow.readmodel import migrations
+    from esflow.settings import load_settings
+    from projections import cli
+    from projections.daily_revenue import DailyRevenueProjection
+    from projections.registry import PROJECTIONS
+
+    log = harness.produce(Workload(seed=10).events(800))
+
+    class Revised(DailyRevenueProjection):
+        version = 2
+
+    v1 = migrations.READ_MODELS["daily_revenue"][1]
+    monkeypatch.setitem(migrations.READ_MODELS, "daily_revenue", {1: v1, 2: v1})
+    monkeypatch.setitem(PROJECTIONS, "daily_revenue", Revised)  # type: ignore[arg-type]
+    for key, value in harness.env().items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(EsflowError, match="built by code version 1; this worker runs code version 2"):
+        cli._serving("daily_revenue", load_settings(), None)
+    monkeypatch.setenv("ESFLOW_PROJECTION_AUTO_REBUILD", "true")
+    serving = cli._serving("daily_revenue", load_settings(), None)
+    assert (serving.version, serving.code_version, serving.state) == (2, 2, "live")
+    assert _registry(harness, "daily_revenue") == {1: "standby", 2: "live"}
+    _assert_equals_fold(harness, log, ("daily_revenue",))
