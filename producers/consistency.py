@@ -71,14 +71,15 @@ class ProjectionWaiter:
         self._layout = versions.Layout(self.settings.projections.db_schema)
         self._engine = create_engine(self.settings.postgres, self._layout.base, pool_size=1)
 
+    def checkpoints(self, projection: str) -> dict[TP, int]:
+        """The live version's checkpoints (empty when the projection has no live version yet)."""
+        with self._engine.connect() as conn:
+            live = versions.live_version(conn, self._layout, projection)
+            return {} if live is None else versions.checkpoints(conn, live.schema, projection)
+
     def behind(self, token: ConsistencyToken, projection: str) -> list[tuple[str, int, int, int | None]]:
         """The token's partitions the projection has not passed: (topic, partition, wanted, have)."""
-        have: dict[TP, int] = {}
-        if token.positions:
-            with self._engine.connect() as conn:
-                live = versions.live_version(conn, self._layout, projection)
-                if live is not None:
-                    have = versions.checkpoints(conn, live.schema, projection)
+        have = self.checkpoints(projection) if token.positions else {}
         return [(t, p, o, have.get((t, p))) for t, p, o in token.positions if have.get((t, p), -1) < o]
 
     def wait(

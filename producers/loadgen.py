@@ -114,12 +114,11 @@ class ProjectionTracker:
             self._pending.append((token.positions, t_due))
 
     def _run(self) -> None:
-        store = self._waiter._store
         while not self._stop.is_set():
             with self._lock:
                 pending = list(self._pending)
             if pending:
-                have = store.checkpoints(self.projection)
+                have = self._waiter.checkpoints(self.projection)
                 now = time.monotonic()
                 done = {
                     i

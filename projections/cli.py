@@ -253,7 +253,7 @@ def _run_worker(name: str, settings: Settings, pinned: int | None = None) -> Non
 
     if pinned is None:
 
-        @built.app.timer(interval=ps.version_poll_s)
+        @built.app.timer(interval=ps.version_poll_s)  # type: ignore[untyped-decorator]
         async def follow_live() -> None:
             # Another version went live (a rebuild's or a rollback's switch): finish the batch in flight
             # through the normal graceful stop, then re-execute on the new version.
@@ -497,7 +497,7 @@ def _describe(entry: dict[str, object]) -> str:
         progress = float(entry["progress"])  # type: ignore[arg-type]
         filled = int(progress * 30)
         eta = entry.get("eta_s")
-        eta_text = "?" if eta is None else f"{int(eta) // 60}:{int(eta) % 60:02d}"
+        eta_text = f"{int(eta) // 60}:{int(eta) % 60:02d}" if isinstance(eta, int | float) else "?"
         lines.append(
             f"    [{'#' * filled}{'.' * (30 - filled)}] {progress:6.1%}  "
             f"{entry['events_per_s']:,.0f} events/s  ETA {eta_text}"

@@ -498,7 +498,7 @@ def standard_checks(conn: sa.Connection, layout: Layout, projection: str, new: V
     No halted partition, and no record dead-lettered by the new version that the live version applied
     (that is a new bug, not bad input).
     """
-    problems = []
+    problems: list[str] = []
     halted = conn.execute(
         sa.text(
             f"SELECT topic, partition, error FROM {_q(new.schema)}.projection_status "

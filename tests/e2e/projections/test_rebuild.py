@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import psycopg
 import pytest
@@ -152,7 +153,7 @@ def test_rebuild_and_rollback_under_load_with_a_bi_reader(
     assert not errors, errors[:3]
     assert len(seen) > 50
     for key in ("orders", "daily_revenue", "status"):
-        series = [s[key] for s in seen]
+        series = [cast("list[float]", s[key]) for s in seen]
         drops = [
             (a, b) for a, b in itertools.pairwise(series) if any(y < x for x, y in zip(a, b, strict=True))
         ]
@@ -256,7 +257,7 @@ def test_a_worker_of_new_code_refuses_an_old_version_or_rebuilds_it_when_configu
 
     v1 = migrations.READ_MODELS["daily_revenue"][1]
     monkeypatch.setitem(migrations.READ_MODELS, "daily_revenue", {1: v1, 2: v1})
-    monkeypatch.setitem(PROJECTIONS, "daily_revenue", Revised)  # type: ignore[arg-type]
+    monkeypatch.setitem(PROJECTIONS, "daily_revenue", Revised)
     for key, value in harness.env().items():
         monkeypatch.setenv(key, value)
     with pytest.raises(EsflowError, match="built by code version 1; this worker runs code version 2"):
