@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from esflow.errors import ClientError, ResultTimeout
 from esflow.messaging.results import CommandResult
+from esflow.messaging.topics import event_topic
 from esflow.readmodel import versions
 from esflow.readmodel.store import create_engine
 from esflow.settings import Settings, load_settings
@@ -71,16 +72,31 @@ class ProjectionWaiter:
         self._layout = versions.Layout(self.settings.projections.db_schema)
         self._engine = create_engine(self.settings.postgres, self._layout.base, pool_size=1)
 
-    def checkpoints(self, projection: str) -> dict[TP, int]:
-        """The live version's checkpoints (empty when the projection has no live version yet)."""
+    def checkpoints(self, projection: str) -> tuple[set[str], dict[TP, int]]:
+        """The topics the live version reads, and its checkpoints (nothing when none is live yet)."""
         with self._engine.connect() as conn:
             live = versions.live_version(conn, self._layout, projection)
-            return {} if live is None else versions.checkpoints(conn, live.schema, projection)
+            if live is None:
+                return set(), {}
+            topics = {event_topic(a, self.settings.topics) for a in live.aggregates}
+            return topics, versions.checkpoints(conn, live.schema, projection)
 
     def behind(self, token: ConsistencyToken, projection: str) -> list[tuple[str, int, int, int | None]]:
-        """The token's partitions the projection has not passed: (topic, partition, wanted, have)."""
-        have = self.checkpoints(projection) if token.positions else {}
-        return [(t, p, o, have.get((t, p))) for t, p, o in token.positions if have.get((t, p), -1) < o]
+        """The token's partitions the projection has not passed: (topic, partition, wanted, have).
+
+        Partitions of topics the projection does not read are not waited for (a write can touch
+        several aggregates; a read model sees only its own).
+        """
+        if not token.positions:
+            return []
+        topics, have = self.checkpoints(projection)
+        if not topics:
+            return [(t, p, o, None) for t, p, o in token.positions]
+        return [
+            (t, p, o, have.get((t, p)))
+            for t, p, o in token.positions
+            if t in topics and have.get((t, p), -1) < o
+        ]
 
     def wait(
         self, token: ConsistencyToken, projection: str, *, timeout: float = 10.0, poll_s: float = 0.01

@@ -118,12 +118,14 @@ class ProjectionTracker:
             with self._lock:
                 pending = list(self._pending)
             if pending:
-                have = self._waiter.checkpoints(self.projection)
+                topics, have = self._waiter.checkpoints(self.projection)
                 now = time.monotonic()
+                # Only the partitions of the topics the projection reads count; with no live version
+                # yet nothing is visible.
                 done = {
                     i
                     for i, (positions, _) in enumerate(pending)
-                    if all(have.get((t, p), -1) >= o for t, p, o in positions)
+                    if topics and all(have.get((t, p), -1) >= o for t, p, o in positions if t in topics)
                 }
                 if done:
                     with self._lock:

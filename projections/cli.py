@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 import sqlalchemy as sa
@@ -50,14 +50,14 @@ def _layout(settings: Settings) -> Layout:
     return Layout(settings.projections.db_schema)
 
 
-def _code_versions() -> dict[str, int]:
-    return {name: factory().version for name, factory in PROJECTIONS.items()}
+def _projections() -> list[Any]:
+    return [factory() for factory in PROJECTIONS.values()]
 
 
 def _migrate(settings: Settings) -> list[str]:
     engine = _engine(settings)
     try:
-        return versions.install(engine, _layout(settings), _code_versions())
+        return versions.install(engine, _layout(settings), _projections())
     finally:
         engine.dispose()
 

@@ -157,7 +157,7 @@ class Rebuilder:
                         )
                     log.info("%s: resuming the rebuild of v%d", self.name, version.version)
                 else:
-                    version = versions.begin_build(conn, self.layout, self.name, self.projection.version)
+                    version = versions.begin_build(conn, self.layout, self.projection)
                     log.info("%s: building v%d in %s", self.name, version.version, version.schema)
             self._replay(version, lag_threshold=threshold, progress=progress, stop=stop)
             if stop is not None and stop.is_set():

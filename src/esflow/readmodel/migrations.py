@@ -287,6 +287,7 @@ _REGISTRY = (
         version       integer     NOT NULL,
         schema_name   text        NOT NULL UNIQUE,
         code_version  integer     NOT NULL,
+        aggregates    text[]      NOT NULL,
         state         text        NOT NULL,
         created_at    timestamptz NOT NULL DEFAULT now(),
         live_since    timestamptz,

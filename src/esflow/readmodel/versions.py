@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from esflow.errors import EsflowError, translate
 from esflow.readmodel.contract import VIEWS, View
 from esflow.readmodel.migrations import create_schema, migrate
-from esflow.readmodel.projection import TP
+from esflow.readmodel.projection import TP, Projection
 
 STATES = ("building", "live", "standby", "failed", "dropped")
 
@@ -101,6 +101,8 @@ class Version:
     version: int
     schema: str
     code_version: int
+    aggregates: tuple[str, ...]
+    """Aggregates whose event topics the version reads."""
     state: str
     created_at: datetime
     live_since: datetime | None
@@ -118,6 +120,7 @@ def _version(row: Any) -> Version:
         row.version,
         row.schema_name,
         row.code_version,
+        tuple(row.aggregates),
         row.state,
         row.created_at,
         row.live_since,
@@ -131,8 +134,8 @@ def list_versions(conn: sa.Connection, layout: Layout, projection: str | None = 
     where = "" if projection is None else "WHERE projection = :p"
     rows = conn.execute(
         sa.text(
-            "SELECT projection, version, schema_name, code_version, state, created_at, live_since, "
-            f"retired_at, error FROM {layout.registry} {where} ORDER BY projection, version"
+            "SELECT projection, version, schema_name, code_version, aggregates, state, created_at, "
+            f"live_since, retired_at, error FROM {layout.registry} {where} ORDER BY projection, version"
         ),
         {"p": projection},
     ).all()
@@ -168,7 +171,7 @@ def _lock(conn: sa.Connection, layout: Layout) -> None:
     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
 
-def install(engine: sa.Engine, layout: Layout, code_versions: Mapping[str, int]) -> list[str]:
+def install(engine: sa.Engine, layout: Layout, projections: Sequence[Projection[Any]]) -> list[str]:
     """Install or upgrade the read models (what `esflow db migrate` runs); idempotent.
 
     Applies the base migrations, creates the `bi` schema and the reader role, and gives every
@@ -192,7 +195,8 @@ def install(engine: sa.Engine, layout: Layout, code_versions: Mapping[str, int])
                     "over the live projection versions (docs/bi.md).'"
                 )
             )
-        for projection, code_version in code_versions.items():
+        for p in projections:
+            projection, code_version = p.name, p.version
             with engine.begin() as conn:
                 _lock(conn, layout)
                 if list_versions(conn, layout, projection):
@@ -202,9 +206,9 @@ def install(engine: sa.Engine, layout: Layout, code_versions: Mapping[str, int])
                 conn.execute(
                     sa.text(
                         f"INSERT INTO {layout.registry} (projection, version, schema_name, code_version, "
-                        "state, live_since) VALUES (:p, 1, :s, :c, 'live', now())"
+                        "aggregates, state, live_since) VALUES (:p, 1, :s, :c, :a, 'live', now())"
                     ),
-                    {"p": projection, "s": schema, "c": code_version},
+                    {"p": projection, "s": schema, "c": code_version, "a": list(p.aggregates)},
                 )
                 _point_views(conn, layout, projection, schema)
                 done.append(f"projection {projection} v1 (code version {code_version}) in {schema}, live")
@@ -333,12 +337,13 @@ def contract_problems(conn: sa.Connection, layout: Layout, projection: str, sche
 # --------------------------------------------------------------------------------------- registry
 
 
-def begin_build(conn: sa.Connection, layout: Layout, projection: str, code_version: int) -> Version:
+def begin_build(conn: sa.Connection, layout: Layout, built: Projection[Any]) -> Version:
     """Register a new ``building`` version (the next number) and create its schema.
 
     The schema has no secondary indexes yet (the bulk load adds them at the end); the caller holds the
     projection's rebuild lock and commits.
     """
+    projection, code_version = built.name, built.version
     _lock(conn, layout)
     versions = list_versions(conn, layout, projection)
     building = [v for v in versions if v.state == "building"]
@@ -353,10 +358,10 @@ def begin_build(conn: sa.Connection, layout: Layout, projection: str, code_versi
     create_schema(conn, schema, {projection: code_version}, indexes=False)
     conn.execute(
         sa.text(
-            f"INSERT INTO {layout.registry} (projection, version, schema_name, code_version, state) "
-            "VALUES (:p, :v, :s, :c, 'building')"
+            f"INSERT INTO {layout.registry} (projection, version, schema_name, code_version, aggregates, "
+            "state) VALUES (:p, :v, :s, :c, :a, 'building')"
         ),
-        {"p": projection, "v": number, "s": schema, "c": code_version},
+        {"p": projection, "v": number, "s": schema, "c": code_version, "a": list(built.aggregates)},
     )
     return get_version(conn, layout, projection, number)
 

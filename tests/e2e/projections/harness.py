@@ -81,9 +81,7 @@ class Harness:
         wait_until_visible(self.admin, names, timeout_s=30)
         base = create_engine(self.pg, self.schema)
         try:
-            versions.install(
-                base, self.layout, {name: factory().version for name, factory in PROJECTIONS.items()}
-            )
+            versions.install(base, self.layout, [factory() for factory in PROJECTIONS.values()])
         finally:
             base.dispose()
 
