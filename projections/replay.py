@@ -2,32 +2,43 @@
 
 A blue-green rebuild (:mod:`projections.rebuild`) fills a new version's schema by replaying the event
 topics from offset 0. Faust's per-message pipeline tops out far below what Postgres takes, so the replay
-reads Kafka with a plain confluent-kafka consumer instead, but writes exactly what the live workers
-write: every batch goes through :class:`~esflow.readmodel.applier.BatchApplier` (one Postgres
+reads Kafka with plain confluent-kafka consumers instead, but writes exactly what the live workers
+write: every batch goes through :class:`~esflow.readmodel.applier.BatchApplier` (decoding, one Postgres
 transaction with the checkpoints, outages retried, bad input dead-lettered or halting) with the same
 :class:`~esflow.readmodel.projection.Projection` object.
 
 How it reads:
 
 - ``assign()`` on every partition of the projection's topics (no group, no rebalancing), read_committed,
-  each from the store's checkpoint + 1 (the beginning when there is none): Postgres is the truth; the
-  Kafka offsets of what was applied are committed asynchronously under ``group_id`` only so Kafka tools
-  show the progress.
+  each from the store's checkpoint + 1 (the log's start when there is none): Postgres is the truth; the
+  Kafka offsets of what was applied are committed asynchronously under ``group_id`` only so that Kafka
+  tools show the progress.
 - "The end" of a partition is where librdkafka reports partition EOF: the last offset a read_committed
   consumer can reach, past commit markers and aborted records. The high watermark counts those too, so
   ``high watermark - next offset`` is only an estimate (it never reaches 0 after a transaction); it
-  serves for ``lag_threshold > 0``, ETAs and ``projection_status.lag``, never for "fully caught up".
+  serves ``lag_threshold > 0``, ETAs and ``projection_status.lag``, never "fully caught up".
 
-Why it is fast (see ``ops/bench/rebuild.py`` for the figures):
+Why it is fast (``ops/bench/rebuild.py`` measures it):
 
-- batches of ``batch_size`` events (20,000), taken with ``consume(n)`` after a ``poll()`` for the first;
-- two stages: the calling thread consumes and decodes batch k+1 while one worker thread applies batch
-  k (the projection's fold and the COPY, then Postgres works on the other core with the GIL released).
-  The worker's :class:`BatchApplier` receives the decoder's results through :class:`_Predecoded`, so
-  its ``prepare`` makes the same items (and the same dead letters) without decoding twice;
-- the cyclic garbage collector is paused for the run (:func:`_gc_paused`): with 20,000 decoded
-  envelopes alive per batch, its automatic passes took 75-85% of the decoding time; it runs
-  explicitly between batches instead.
+- batches of ``batch_size`` events (20,000), taken with one ``poll()`` for the first record and
+  ``consume(n)`` for the rest;
+- the cyclic garbage collector is paused for the run (:func:`_gc_paused`): with a batch of decoded
+  envelopes alive, its automatic passes took 75-85% of the decoding time; a full collection runs
+  every half minute instead;
+- decoding (the codec: ~13-17 µs per event) and the projections' folds are pure Python, so one process
+  is bound by the GIL (about 36k events/s into ``daily_revenue`` and 23k into ``orders`` here), and a
+  thread that decodes ahead of the applying one made it slower, not faster. A large replay is therefore
+  split by partition over a few forked processes (one per CPU, :func:`_shards`), each with its own
+  consumer, applier and connections; they apply disjoint partitions, exactly like several live workers
+  of one projection (checkpoint rows per partition; cross-partition read models use commutative
+  upserts in key order). The calling process only merges their progress. Small replays (a catch-up
+  before a switch, tests) stay in-process.
+
+The processes are forked (the projection and decoder need not be picklable, a child starts in
+milliseconds); the parent's own Kafka client is closed before, each child opens its own connections.
+Children ignore SIGINT/SIGTERM: the parent, told to ``stop``, tells them, and they return after their
+batch in flight; a parent that dies takes them along (``PR_SET_PDEATHSIG``), so a SIGKILLed rebuild
+leaves no replay behind, only committed batches to resume from.
 """
 
 from __future__ import annotations
@@ -35,32 +46,44 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import multiprocessing
+import multiprocessing.queues
+import os
+import queue
+import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, TopicPartition
 
-from esflow.errors import KafkaOperationError, ProjectionError, ProjectionHalted, translate
+from esflow import errors
+from esflow.errors import EsflowError, KafkaOperationError, ProjectionError, ProjectionHalted, translate
 from esflow.messaging.kafka import consumer_config, watermarks
 from esflow.readmodel.applier import BatchApplier, Observer, Stopping
-from esflow.readmodel.projection import TP, Decoded, Decoder, Projection, RawEvent
+from esflow.readmodel.projection import TP, Decoder, Projection, RawEvent
 from esflow.readmodel.store import BatchResult, ProjectionStore
 from esflow.settings import KafkaSettings, ProjectionSettings, TopicSettings
 from projections.runtime import event_topics
 
 log = logging.getLogger("esflow.projections")
 
+if TYPE_CHECKING:  # not subscriptable at run time
+    Inbox = multiprocessing.queues.Queue[tuple[Any, ...]]
+    """Messages from the replay processes to the parent: (kind, process index, ...)."""
+
 _FIRST_WAIT_S = 0.2
-"""Longest wait for the first record of a batch (also how often ``stop`` and the timeout are seen)."""
+"""Longest wait for the first record of a batch (also how often ``stop`` and the deadline are seen)."""
 _LINGER_S = 0.05
 """After the first record, how long to wait for the rest of a batch that is not already buffered."""
 _FULL_GC_EVERY_S = 30.0
-"""Full collections while the collector is paused (young generations are collected every batch)."""
+"""How often the paused garbage collector runs a full collection (reference cycles are rare here)."""
+_EVENTS_PER_PROCESS = 50_000
+"""Below this many events per process, forking and connecting costs more than it saves."""
+_CHILD_STOP_GRACE_S = 120.0
+"""How long a stopping replay waits for its processes' batches in flight before killing them."""
 
 
 class ReplayTimeout(ProjectionError):
@@ -96,34 +119,24 @@ class ReplayProgress:
         return done / elapsed if elapsed > 0 else 0.0
 
 
-class _Predecoded:
-    """A decoder that returns what the real decoder returned (or raises what it raised) for a record.
+@dataclass(frozen=True)
+class _Applied:
+    """What one batch did, as a shard reports it (picklable: crosses from a replay process)."""
 
-    The replayer decodes a batch in its own thread, ahead of the worker that applies it; the worker's
-    :class:`BatchApplier` calls this instead, so it builds the very items it would have built.
-    """
-
-    def __init__(self) -> None:
-        self.results: Mapping[int, Decoded[Any] | Exception] = {}
-
-    def __call__(self, raw: RawEvent) -> Decoded[Any]:
-        result = self.results[id(raw)]
-        if isinstance(result, Exception):
-            raise result
-        return result
+    applied: int
+    skipped: int
+    dead_lettered: int
+    checkpoints: dict[TP, int]
+    lag: dict[TP, int]
 
 
-def _decode_all(decoder: Decoder[Any], raws: Sequence[RawEvent]) -> dict[int, Decoded[Any] | Exception]:
-    """The decoder's result (or exception) for every record with a value, by ``id(raw)``."""
-    out: dict[int, Decoded[Any] | Exception] = {}
-    for raw in raws:
-        if raw.value is None:
-            continue  # prepare() rejects tombstones without calling the decoder
-        try:
-            out[id(raw)] = decoder(raw)
-        except Exception as exc:  # untrusted bytes: the applier turns it into a dead letter
-            out[id(raw)] = exc
-    return out
+def _merge(report: ReplayProgress, done: _Applied) -> None:
+    report.batches += 1
+    report.applied += done.applied
+    report.skipped += done.skipped
+    report.dead_lettered += done.dead_lettered
+    report.checkpoints.update(done.checkpoints)
+    report.lag.update(done.lag)
 
 
 _gc_lock = threading.Lock()
@@ -151,16 +164,14 @@ def _gc_paused() -> Iterator[None]:
 
 @dataclass
 class _Partition:
-    """The replayer's view of one partition."""
+    """A shard's view of one partition."""
 
-    start: int
-    """First offset read (checkpoint + 1, or the beginning)."""
     high: int = -1
     """Newest high watermark known (counts commit markers and aborted records)."""
+    applied: int = -1
+    """Offset of the last record handled by a committed batch (or the checkpoint at the start)."""
     consumed: int = -1
     """Offset of the last record taken from Kafka."""
-    applied: int = -1
-    """Offset of the last record committed to Postgres (through a batch)."""
     at_end: bool = False
     """Partition EOF was reported after ``consumed``: nothing readable follows it right now."""
 
@@ -171,12 +182,22 @@ class _Partition:
         return max(0, self.high - self.applied - 1)
 
 
-@dataclass
-class _Batch:
-    raws: list[RawEvent]
-    decoded: dict[int, Decoded[Any] | Exception]
-    last: dict[TP, int]
-    lag: dict[TP, int]
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _shards(parts: Mapping[TP, _Partition], work: Mapping[TP, int], count: int) -> list[list[TP]]:
+    """Split the partitions into ``count`` groups of about equal work (largest first, to the lightest)."""
+    groups: list[list[TP]] = [[] for _ in range(count)]
+    loads = [0] * count
+    for tp in sorted(parts, key=lambda tp: (-work.get(tp, 0), tp)):
+        lightest = loads.index(min(loads))
+        groups[lightest].append(tp)
+        loads[lightest] += work.get(tp, 0)
+    return [sorted(g) for g in groups if g]
 
 
 class Replayer:
@@ -206,13 +227,8 @@ class Replayer:
         self.settings = settings or ProjectionSettings()
         self.batch_size = batch_size
         self.observer = observer
-        self._predecoded = _Predecoded()
-        self.applier = self._new_applier()
-
-    def _new_applier(self) -> BatchApplier:
-        return BatchApplier(
-            self.store, self.projection, self._predecoded, self.settings, observer=self.observer
-        )
+        self._processes: int | None = None
+        """Replay processes; None: one per CPU for a large replay, in-process for a small one."""
 
     # ------------------------------------------------------------------------------------ public
 
@@ -231,16 +247,53 @@ class Replayer:
         the end a read_committed consumer can reach now). With them: until every listed partition's
         checkpoint is at or past its target offset.
 
-        ``stop`` makes it return once the batch in flight has committed; ``timeout_s`` raises
-        :class:`ReplayTimeout` (after the batch in flight, whose retries are cut short). A partition
+        ``stop`` makes it return once the batches in flight have committed; ``timeout_s`` raises
+        :class:`ReplayTimeout` (after the batches in flight, whose retries are cut short). A partition
         the applier halts raises :class:`~esflow.errors.ProjectionHalted` once its batch committed.
         """
         if lag_threshold < 0:
             raise ProjectionError(f"lag_threshold must be >= 0, not {lag_threshold}")
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        # A fresh applier per run: halts and a stop request are the business of one run.
-        self.applier = self._new_applier()
-        consumer = Consumer(
+        name = self.projection.name
+        parts, report = self._start()
+        if targets is not None:
+            unknown = sorted(set(targets) - set(parts))
+            if unknown:
+                raise ProjectionError(
+                    f"replay targets name partitions projection {name} does not read: {unknown}"
+                )
+            work = {tp: max(0, o - report.checkpoints.get(tp, -1)) for tp, o in targets.items()}
+        else:
+            work = {tp: p.lag() for tp, p in parts.items()}
+        processes = self._processes or min(_cpus(), max(1, sum(work.values()) // _EVENTS_PER_PROCESS))
+        shards = _shards(parts, work, max(1, min(processes, len(parts))))
+        log.info(
+            "replaying %s: %d partition(s) from %d checkpoint(s), about %d events, %d process(es)",
+            name,
+            len(parts),
+            len(report.checkpoints),
+            sum(work.values()),
+            len(shards),
+        )
+        goal = _Goal(lag_threshold, targets)
+
+        def timed_out() -> ReplayTimeout:
+            what = "reach its target offsets" if targets is not None else "catch up"
+            return ReplayTimeout(
+                f"replay of projection {name} did not {what} within {timeout_s:.0f}s "
+                f"({report.total_lag:,} events behind)",
+                hint="is Kafka or Postgres slow or unreachable? the next run resumes from the checkpoints",
+            )
+
+        with _gc_paused():
+            if len(shards) == 1:
+                return self._run_here(parts, goal, report, progress, stop, deadline, timed_out)
+            return self._run_forked(shards, parts, goal, report, progress, stop, deadline, timed_out)
+
+    # ------------------------------------------------------------------------------------ set-up
+
+    def _consumer(self) -> Consumer:
+        return Consumer(
             consumer_config(
                 self.kafka,
                 self.group_id,
@@ -252,151 +305,326 @@ class Replayer:
                 },
             )
         )
+
+    def _start(self) -> tuple[dict[TP, _Partition], ReplayProgress]:
+        """Every partition with its checkpoint and high watermark (the metadata client is closed again)."""
+        name = self.projection.name
+        consumer = self._consumer()
         try:
-            with _gc_paused():
-                return self._run(consumer, lag_threshold, targets, progress, stop, deadline, timeout_s)
+            tps: list[TP] = []
+            for topic in self.topics:
+                try:
+                    meta = consumer.list_topics(topic, timeout=30).topics.get(topic)
+                except Exception as exc:
+                    raise translate(exc, context=f"listing partitions of {topic}") from exc
+                if meta is None or meta.error is not None or not meta.partitions:
+                    raise KafkaOperationError(
+                        f"topic {topic} does not exist (projection {name} reads it)",
+                        hint="run `esflow topics apply`",
+                    )
+                tps.extend((topic, p) for p in sorted(meta.partitions))
+            done = self.store.checkpoints(name, tps)
+            parts: dict[TP, _Partition] = {}
+            for tp in tps:
+                low, high = watermarks(consumer, tp[0], tp[1])
+                # Without a checkpoint, start at the log's first offset: an explicit offset, because
+                # OFFSET_BEGINNING costs librdkafka an extra lookup (half a second) per partition.
+                at = done.get(tp, low - 1)
+                parts[tp] = _Partition(high=high, applied=at, consumed=at)
         finally:
             consumer.close()
+        report = ReplayProgress(checkpoints=dict(done), lag={tp: p.lag() for tp, p in parts.items()})
+        return parts, report
 
-    # ------------------------------------------------------------------------------------ internals
+    # ------------------------------------------------------------------------------------ in-process
 
-    def _partitions(self, consumer: Consumer) -> list[TP]:
-        tps: list[TP] = []
-        for topic in self.topics:
-            try:
-                meta = consumer.list_topics(topic, timeout=30).topics.get(topic)
-            except Exception as exc:
-                raise translate(exc, context=f"listing partitions of {topic}") from exc
-            if meta is None or meta.error is not None or not meta.partitions:
-                raise KafkaOperationError(
-                    f"topic {topic} does not exist (projection {self.projection.name} reads it)",
-                    hint="run `esflow topics apply`",
-                )
-            tps.extend((topic, p) for p in sorted(meta.partitions))
-        return tps
-
-    def _run(
+    def _run_here(
         self,
-        consumer: Consumer,
-        lag_threshold: int,
-        targets: Mapping[TP, int] | None,
+        parts: dict[TP, _Partition],
+        goal: _Goal,
+        report: ReplayProgress,
         progress: Callable[[ReplayProgress], None] | None,
         stop: threading.Event | None,
         deadline: float | None,
-        timeout_s: float | None,
+        timed_out: Callable[[], ReplayTimeout],
     ) -> ReplayProgress:
-        name = self.projection.name
-        tps = self._partitions(consumer)
-        if targets is not None:
-            unknown = sorted(set(targets) - set(tps))
-            if unknown:
-                raise ProjectionError(
-                    f"replay targets name partitions projection {name} does not read: {unknown}"
-                )
-        done_at = self.store.checkpoints(name, tps)
-        state: dict[TP, _Partition] = {}
-        for tp in tps:
-            start = done_at.get(tp, -1) + 1
-            part = _Partition(start=start, consumed=start - 1, applied=start - 1)
-            _, part.high = watermarks(consumer, tp[0], tp[1])
-            state[tp] = part
-        report = ReplayProgress(checkpoints=dict(done_at), lag={tp: p.lag() for tp, p in state.items()})
-        consumer.assign(
-            [
-                TopicPartition(t, p, state[(t, p)].start if (t, p) in done_at else OFFSET_BEGINNING)
-                for t, p in tps
-            ]
+        applier = BatchApplier(
+            self.store, self.projection, self.decoder, self.settings, observer=self.observer
         )
-        log.info(
-            "replaying %s from %d checkpoint(s): %d partition(s), about %d events",
-            name,
-            len(done_at),
-            len(tps),
-            report.total_lag,
-        )
+        # Past the deadline, a batch stuck in its retry loop (Postgres down) gives up with Stopping.
+        watchdog = None if deadline is None else threading.Timer(deadline - time.monotonic(), applier.stop)
+        if watchdog is not None:
+            watchdog.daemon = True
+            watchdog.start()
 
-        def finished() -> bool:
-            if targets is not None:
-                return all(report.checkpoints.get(tp, -1) >= offset for tp, offset in targets.items())
-            return all(p.lag() <= lag_threshold for p in state.values())
+        def applied(done: _Applied) -> None:
+            _merge(report, done)
+            if progress is not None:
+                progress(report)
 
-        def timed_out() -> ReplayTimeout:
-            goal = "reach its target offsets" if targets is not None else "catch up"
-            return ReplayTimeout(
-                f"replay of projection {name} did not {goal} within {timeout_s:.0f}s "
-                f"({report.total_lag:,} events behind)",
-                hint="is Kafka or Postgres slow or unreachable? the next run resumes from the checkpoints",
+        def should_stop() -> bool:
+            if deadline is not None and time.monotonic() > deadline:
+                raise timed_out()
+            return stop is not None and stop.is_set()
+
+        try:
+            report.lag.update(_Shard(self, parts, applier, goal).run(should_stop, applied))
+        except Stopping:
+            raise timed_out() from None
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+        return report
+
+    # ------------------------------------------------------------------------------------ forked
+
+    def _run_forked(
+        self,
+        shards: list[list[TP]],
+        parts: dict[TP, _Partition],
+        goal: _Goal,
+        report: ReplayProgress,
+        progress: Callable[[ReplayProgress], None] | None,
+        stop: threading.Event | None,
+        deadline: float | None,
+        timed_out: Callable[[], ReplayTimeout],
+    ) -> ReplayProgress:
+        # fork, not spawn: the projection and decoder objects (compiled codec readers, test doubles) need
+        # not be picklable, and a child starts in milliseconds. The Kafka client of _start() is closed by
+        # now, so no librdkafka thread of ours is forked mid-operation.
+        ctx = multiprocessing.get_context("fork")
+        inbox: Inbox = ctx.Queue()
+        stop_flag, abort_flag = _Flag(ctx), _Flag(ctx)
+        parent = os.getpid()
+        children = [
+            ctx.Process(
+                target=self._child,
+                args=(i, {tp: parts[tp] for tp in shard}, goal, inbox, stop_flag, abort_flag, parent),
+                name=f"replay-{self.projection.name}-{i}",
+                daemon=True,
+            )
+            for i, shard in enumerate(shards)
+        ]
+        finished: set[int] = set()
+        failures: list[BaseException] = []
+
+        def handle(message: tuple[Any, ...]) -> None:
+            kind, index, *body = message
+            if kind == "batch":
+                _merge(report, body[0])
+                if progress is not None:
+                    progress(report)
+            elif kind == "observe":
+                self._observe(*body)
+            elif kind == "done":
+                finished.add(index)
+                report.lag.update(body[0])
+            elif kind == "error":
+                finished.add(index)
+                failures.append(_rebuilt(*body))
+                stop_flag.set()  # the others stop after their batch in flight
+
+        def drain(wait_s: float) -> bool:
+            """Handle the messages that came; False when none came within ``wait_s``."""
+            try:
+                handle(inbox.get(timeout=wait_s))
+            except queue.Empty:
+                return False
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    handle(inbox.get_nowait())
+            return True
+
+        expired = False
+        try:
+            for child in children:
+                child.start()
+            while len(finished) < len(children):
+                drain(_FIRST_WAIT_S)
+                for i, child in enumerate(children):
+                    if i in finished or child.exitcode is None:
+                        continue
+                    while drain(0.5):  # what it sent before exiting
+                        pass
+                    if i not in finished:
+                        finished.add(i)
+                        failures.append(
+                            ProjectionError(
+                                f"replay process {child.name} died (exit code {child.exitcode})",
+                                hint="its partitions resume from their checkpoints on the next run",
+                            )
+                        )
+                        stop_flag.set()
+                if stop is not None and stop.is_set():
+                    stop_flag.set()
+                if deadline is not None and time.monotonic() > deadline and not expired:
+                    expired = True
+                    stop_flag.set()
+                    abort_flag.set()  # batches stuck retrying give up
+        finally:
+            # Normally every child has said "done" already. Otherwise (an error here, Ctrl-C) they stop
+            # after their batch in flight; keep reading so none blocks on a full pipe.
+            stop_flag.set()
+            grace = time.monotonic() + _CHILD_STOP_GRACE_S
+            for child in children:
+                while child.is_alive() and time.monotonic() < grace:
+                    with contextlib.suppress(Exception):
+                        drain(0.1)
+                    child.join(0.1)
+                if child.is_alive():  # pragma: no cover - a batch stuck for minutes
+                    child.kill()
+                child.join()
+            inbox.close()
+        if expired:
+            raise timed_out()
+        if failures:
+            raise failures[0]
+        return report
+
+    def _child(
+        self,
+        index: int,
+        parts: dict[TP, _Partition],
+        goal: _Goal,
+        inbox: Inbox,
+        stop_flag: _Flag,
+        abort_flag: _Flag,
+        parent: int,
+    ) -> None:
+        """One replay process: its partitions, its own consumer, applier and connections."""
+        # The parent coordinates stopping (it sets stop_flag on SIGINT/SIGTERM); die with it when killed.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _die_with_parent(parent)
+        # Connections of the parent's pool belong to the parent: never touch them here.
+        self.store.engine.dispose(close=False)
+        try:
+            observer = _ForwardingObserver(inbox, index) if self.observer is not None else None
+            applier = BatchApplier(
+                self.store, self.projection, self.decoder, self.settings, observer=observer
             )
 
-        last_gc = time.monotonic()
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"replay-{name}")
-        pending: tuple[Future[BatchResult], _Batch] | None = None
-        try:
-            while True:
-                if pending is None and (finished() or (stop is not None and stop.is_set())):
-                    return report
-                if deadline is not None and time.monotonic() > deadline:
-                    raise timed_out()
-                stopping = stop is not None and stop.is_set()
-                batch = None if stopping else self._take(consumer, state)
-                if pending is not None:
-                    future, applied = pending
-                    pending = None
-                    result = self._settle(future, deadline, timed_out)
-                    self._record(consumer, state, report, applied, result)
-                    if progress is not None:
-                        progress(report)
-                    if time.monotonic() - last_gc > _FULL_GC_EVERY_S:
-                        gc.collect()
-                        last_gc = time.monotonic()
-                    if finished() or (stop is not None and stop.is_set()):
-                        return report  # a batch taken meanwhile is dropped: it was not applied
-                if batch is not None:
-                    pending = (pool.submit(self._apply, batch), batch)
+            def watch_abort() -> None:
+                while not abort_flag.is_set():
+                    time.sleep(0.1)
+                applier.stop()
+
+            threading.Thread(target=watch_abort, daemon=True).start()
+
+            def should_stop() -> bool:
+                if os.getppid() != parent:
+                    raise ProjectionError("the replaying process is gone")
+                return stop_flag.is_set()
+
+            lags = _Shard(self, parts, applier, goal).run(
+                should_stop, lambda done: inbox.put(("batch", index, done))
+            )
+            inbox.put(("done", index, lags))
+        except BaseException as exc:  # reported to the parent, which raises it
+            if isinstance(exc, EsflowError):
+                inbox.put(("error", index, type(exc).__name__, exc.message, exc.hint))
+            else:
+                text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                inbox.put(("error", index, type(exc).__name__, f"{type(exc).__name__}: {text}", None))
         finally:
-            if pending is not None:
-                # An error in this thread: let the batch in flight finish (commit or give up) first.
-                with contextlib.suppress(Exception):
-                    pending[0].result()
-            pool.shutdown(wait=True)
+            inbox.close()
+            inbox.join_thread()
 
-    def _settle(
-        self, future: Future[BatchResult], deadline: float | None, timed_out: Callable[[], ReplayTimeout]
-    ) -> BatchResult:
-        """The result of the batch in flight; past the deadline, its retries are cut short."""
-        if deadline is not None:
-            try:
-                return future.result(timeout=max(0.0, deadline - time.monotonic()))
-            except FutureTimeout:
-                self.applier.stop()  # a retry loop gives up (Stopping); a batch in Postgres commits
-                with contextlib.suppress(Stopping):
-                    future.result()
-                raise timed_out() from None
-        return future.result()
+    def _observe(self, method: str, *args: Any) -> None:
+        observer = self.observer
+        if observer is None:
+            return
+        with contextlib.suppress(Exception):
+            if method == "batch_applied":
+                observer.batch_applied(self.projection.name, args[0], args[1])
+            elif method == "retried":
+                observer.retried(self.projection.name, ProjectionError(args[0]))
+            elif method == "halted":
+                observer.halted(self.projection.name, args[0], args[1])
 
-    def _take(self, consumer: Consumer, state: dict[TP, _Partition]) -> _Batch | None:
-        """Consume up to a batch (None when no record came) and decode it."""
-        limit = self.batch_size
+
+@dataclass(frozen=True)
+class _Goal:
+    lag_threshold: int
+    targets: Mapping[TP, int] | None
+
+
+class _Shard:
+    """Reads and applies some partitions, one batch after another (in this process)."""
+
+    def __init__(
+        self, replayer: Replayer, parts: dict[TP, _Partition], applier: BatchApplier, goal: _Goal
+    ) -> None:
+        self.replayer = replayer
+        self.name = replayer.projection.name
+        self.parts = parts
+        self.applier = applier
+        self.batch_size = replayer.batch_size
+        targets = goal.targets
+        self.targets = None if targets is None else {tp: o for tp, o in targets.items() if tp in parts}
+        self.lag_threshold = goal.lag_threshold
+
+    def finished(self) -> bool:
+        if self.targets is not None:
+            return all(self.parts[tp].applied >= offset for tp, offset in self.targets.items())
+        return all(p.lag() <= self.lag_threshold for p in self.parts.values())
+
+    def lags(self) -> dict[TP, int]:
+        """Events left per partition of the shard, as far as it knows."""
+        return {tp: p.lag() for tp, p in self.parts.items()}
+
+    def run(self, should_stop: Callable[[], bool], applied: Callable[[_Applied], None]) -> dict[TP, int]:
+        """Replay until finished or asked to stop; the lags at the end."""
+        consumer = self.replayer._consumer()
+        try:
+            # From the checkpoint + 1 (below the log start after retention: auto.offset.reset=earliest).
+            consumer.assign([TopicPartition(t, p, part.applied + 1) for (t, p), part in self.parts.items()])
+            last_gc = time.monotonic()
+            while not self.finished() and not should_stop():
+                batch = self._take(consumer)
+                if batch is None:
+                    continue
+                raws, lag = batch
+                result = self.applier.process(raws, lag=lag)
+                applied(self._record(consumer, raws, result))
+                if self.applier.halted:
+                    text = "; ".join(
+                        f"{t}[{p}]: {why}" for (t, p), why in sorted(self.applier.halted.items())
+                    )
+                    raise ProjectionHalted(
+                        f"replay of projection {self.name} halted: {text}",
+                        hint="fix the cause (projection_status, projection_dead_letters), then run it again",
+                    )
+                if time.monotonic() - last_gc > _FULL_GC_EVERY_S:
+                    gc.collect()
+                    last_gc = time.monotonic()
+            # The end of a partition may be reported after its last batch (a poll without records).
+            return self.lags()
+        finally:
+            consumer.close()
+
+    def _take(self, consumer: Consumer) -> tuple[list[RawEvent], dict[TP, int]] | None:
+        """Consume up to a batch (None when no record came) and the lag after it per partition."""
         first = consumer.poll(_FIRST_WAIT_S)
         if first is None:
             return None
         messages: list[Any] = [first]  # confluent-kafka types every getter as optional
-        if limit > 1 and not all(p.at_end for p in state.values()):
-            messages.extend(consumer.consume(limit - 1, _LINGER_S))
+        if self.batch_size > 1 and not all(p.at_end for p in self.parts.values()):
+            messages.extend(consumer.consume(self.batch_size - 1, _LINGER_S))
         raws: list[RawEvent] = []
         append = raws.append
         last: dict[TP, int] = {}
-        # Partition EOF, and the partition's last record before it in this batch (-2: none).
+        # Partitions that reported EOF, with their last record before it in this batch (-2: none).
         ends: dict[TP, int] = {}
         for msg in messages:
             err = msg.error()
             if err is not None:
                 tp = (msg.topic(), msg.partition())
                 if err.code() == KafkaError._PARTITION_EOF:
-                    # The consumer queue keeps each partition's order: records before the EOF precede it.
+                    # The consumer queue keeps each partition's order: its records precede its EOF.
                     ends[tp] = last.get(tp, -2)
-                    continue
-                self._consumer_error(tp, err)
+                else:
+                    self._consumer_error(tp, err)
                 continue
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
             kind, ts = msg.timestamp()
@@ -412,11 +640,11 @@ class Replayer:
             )
             last[(topic, partition)] = offset
         for tp, before in ends.items():
-            if tp in state:
-                state[tp].at_end = last.get(tp, -2) == before  # no record came after the EOF
+            if tp in self.parts:
+                self.parts[tp].at_end = last.get(tp, -2) == before  # no record came after the EOF
         lag: dict[TP, int] = {}
         for tp, offset in last.items():
-            part = state[tp]
+            part = self.parts[tp]
             part.consumed = offset
             if tp not in ends:
                 part.at_end = False
@@ -424,9 +652,7 @@ class Replayer:
                 _, high = consumer.get_watermark_offsets(TopicPartition(tp[0], tp[1]), cached=True)
                 part.high = max(part.high, int(high))
             lag[tp] = 0 if part.at_end else max(0, part.high - offset - 1)
-        if not raws:
-            return None
-        return _Batch(raws, _decode_all(self.decoder, raws), last, lag)
+        return (raws, lag) if raws else None
 
     def _consumer_error(self, tp: TP, err: KafkaError) -> None:
         if err.fatal() or err.code() in (
@@ -434,42 +660,81 @@ class Replayer:
             KafkaError._UNKNOWN_PARTITION,
             KafkaError.TOPIC_AUTHORIZATION_FAILED,
         ):
-            raise KafkaOperationError(f"replaying {self.projection.name} from {tp[0]}[{tp[1]}]: {err.str()}")
-        log.warning("replay of %s: consumer reports %s (retrying)", self.projection.name, err.str())
+            raise KafkaOperationError(f"replaying {self.name} from {tp[0]}[{tp[1]}]: {err.str()}")
+        log.warning("replay of %s: consumer reports %s (retrying)", self.name, err.str())
 
-    def _apply(self, batch: _Batch) -> BatchResult:
-        self._predecoded.results = batch.decoded
-        try:
-            return self.applier.process(batch.raws, lag=batch.lag)
-        finally:
-            self._predecoded.results = {}
-
-    def _record(
-        self,
-        consumer: Consumer,
-        state: dict[TP, _Partition],
-        report: ReplayProgress,
-        batch: _Batch,
-        result: BatchResult,
-    ) -> None:
-        report.batches += 1
-        report.applied += result.applied
-        report.skipped += result.skipped
-        report.dead_lettered += result.dead_lettered
-        report.checkpoints.update(result.checkpoints)
-        halted = dict(self.applier.halted)
-        for tp, offset in batch.last.items():
+    def _record(self, consumer: Consumer, raws: list[RawEvent], result: BatchResult) -> _Applied:
+        halted = self.applier.halted
+        last: dict[TP, int] = {}
+        for raw in raws:
+            last[(raw.topic, raw.partition)] = raw.offset
+        for tp, offset in last.items():
             if tp not in halted:
-                state[tp].applied = offset
-        for tp, part in state.items():
-            report.lag[tp] = part.lag()
+                self.parts[tp].applied = offset
         commits = [TopicPartition(t, p, o + 1) for (t, p), o in result.checkpoints.items()]
         if commits:
             with contextlib.suppress(Exception):  # for Kafka tools only; Postgres holds the truth
                 consumer.commit(offsets=commits, asynchronous=True)
-        if halted:
-            text = "; ".join(f"{t}[{p}]: {reason}" for (t, p), reason in sorted(halted.items()))
-            raise ProjectionHalted(
-                f"replay of projection {self.projection.name} halted: {text}",
-                hint="fix the cause (see projection_status / projection_dead_letters), then run it again",
-            )
+        return _Applied(
+            result.applied,
+            result.skipped,
+            result.dead_lettered,
+            dict(result.checkpoints),
+            self.lags(),
+        )
+
+
+class _Flag:
+    """A flag in shared memory that the parent sets and replay processes poll.
+
+    Not a ``multiprocessing.Event``: setting one waits for every process sleeping in ``wait()`` to wake,
+    forever if one of them has exited meanwhile.
+    """
+
+    def __init__(self, ctx: Any) -> None:
+        self._value = ctx.RawValue("b", 0)
+
+    def set(self) -> None:
+        self._value.value = 1
+
+    def is_set(self) -> bool:
+        return bool(self._value.value)
+
+
+class _ForwardingObserver:
+    """The applier's observer in a replay process: hands every call to the parent's observer."""
+
+    def __init__(self, inbox: Inbox, index: int) -> None:
+        self.inbox = inbox
+        self.index = index
+
+    def batch_applied(self, projection: str, result: BatchResult, seconds: float) -> None:
+        self.inbox.put(("observe", self.index, "batch_applied", result, seconds))
+
+    def retried(self, projection: str, error: BaseException) -> None:
+        self.inbox.put(("observe", self.index, "retried", str(error) or type(error).__name__))
+
+    def halted(self, projection: str, tp: TP, reason: str) -> None:
+        self.inbox.put(("observe", self.index, "halted", tp, reason))
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux), as a SIGKILLed rebuild must."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # died before the request took effect
+        os._exit(1)
+
+
+def _rebuilt(name: str, message: str, hint: str | None) -> BaseException:
+    """The error a replay process reported, as the same esflow error type where there is one."""
+    if name == "Stopping":
+        return Stopping(message)
+    cls = ReplayTimeout if name == "ReplayTimeout" else getattr(errors, name, None)
+    if isinstance(cls, type) and issubclass(cls, EsflowError):
+        with contextlib.suppress(TypeError):
+            return cls(message, hint=hint)
+    return ProjectionError(message, hint=hint)

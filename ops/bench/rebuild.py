@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from esflow.domain.messages import EventEnvelope
@@ -157,7 +157,7 @@ def bench_decode(kafka: KafkaSettings, topic: str, partitions: int, batch: int) 
             **{"enable.partition.eof": True, "max.partition.fetch.bytes": 8 * 1024 * 1024},
         )
     )
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])  # OFFSET_BEGINNING: +0.5 s
     pending = set(range(partitions))
     count = 0
     started = time.perf_counter()

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from esflow.errors import ProjectionHalted
 from esflow.messaging.codec import Codec
 from esflow.messaging.kafka import read_to_end
 from esflow.readmodel.applier import BatchApplier
@@ -70,17 +71,28 @@ def schemas(harness: Harness) -> Iterator[Schemas]:
     made.close()
 
 
-def replayer(harness: Harness, projection: str, store: ProjectionStore, batch_size: int = 500) -> Replayer:
-    return Replayer(
+def replayer(
+    harness: Harness,
+    projection: str,
+    store: ProjectionStore,
+    *,
+    batch_size: int = 500,
+    processes: int = 1,
+    **settings: Any,
+) -> Replayer:
+    """A replayer; ``processes`` > 1 forks that many replay processes (a small replay would not)."""
+    made = Replayer(
         registry.get(projection),
         registry.EnvelopeDecoder(CODEC),
         store,
         kafka=harness.kafka,
         topics=harness.topics,
         group_id=f"{harness.group_prefix}-replay-{projection}",
-        settings=ProjectionSettings(retry_initial_s=0.05),
+        settings=ProjectionSettings(retry_initial_s=0.05, **settings),
         batch_size=batch_size,
     )
+    made._processes = processes
+    return made
 
 
 def live_path(harness: Harness, projection: str, store: ProjectionStore, batch: int = 97) -> None:
@@ -113,19 +125,24 @@ def on_topic(log: Sequence[tuple[str, int, int, Any]], topic: str) -> int:
     return sum(1 for t, *_ in log if t == topic)
 
 
-@pytest.mark.parametrize("projection", ["orders", "daily_revenue", "event_log"])
+@pytest.mark.parametrize(
+    ("projection", "processes"),
+    [("orders", 2), ("daily_revenue", 2), ("event_log", 1)],
+)
 def test_a_replay_writes_exactly_the_rows_of_the_live_path(
-    harness: Harness, schemas: Schemas, projection: str
+    harness: Harness, schemas: Schemas, projection: str, processes: int
 ) -> None:
-    harness.produce(Workload(seed=61).events(2500))
+    harness.produce(Workload(seed=61).events(1500))
     # Bad input too, so the dead letters are compared as well.
     harness.produce_raw("order", [b"\xc3\x01garbage", b""], partition=1)
-    harness.produce(Workload(seed=62).events(500))
+    harness.produce(Workload(seed=62).events(300))
     live, replayed = schemas.new(projection, indexes=True), schemas.new(projection)
     live_path(harness, projection, live)
 
     seen: list[ReplayProgress] = []
-    progress = replayer(harness, projection, replayed, batch_size=700).run(progress=seen.append)
+    progress = replayer(harness, projection, replayed, batch_size=400, processes=processes).run(
+        progress=seen.append
+    )
 
     assert len(seen) == progress.batches > 1
     for sql in (TABLES[projection], *BOOKKEEPING.values()):
@@ -136,8 +153,11 @@ def test_a_replay_writes_exactly_the_rows_of_the_live_path(
     assert progress.checkpoints == replayed.checkpoints(projection)
 
 
-def test_a_stopped_replay_resumes_from_the_postgres_checkpoints(harness: Harness, schemas: Schemas) -> None:
-    log = harness.produce(Workload(seed=63).events(3000))
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_stopped_replay_resumes_from_the_postgres_checkpoints(
+    harness: Harness, schemas: Schemas, processes: int
+) -> None:
+    log = harness.produce(Workload(seed=63).events(2000))
     store = schemas.new("event_log")
     stop = threading.Event()
 
@@ -145,12 +165,16 @@ def test_a_stopped_replay_resumes_from_the_postgres_checkpoints(harness: Harness
         if progress.batches == 2:
             stop.set()
 
-    first = replayer(harness, "event_log", store, batch_size=400).run(progress=stop_after_two, stop=stop)
-    assert first.batches == 2
+    first = replayer(harness, "event_log", store, batch_size=300, processes=processes).run(
+        progress=stop_after_two, stop=stop
+    )
+    # In-process, nothing runs after the batch that saw the stop; each replay process finishes the
+    # batch it has in flight.
+    assert first.batches == 2 if processes == 1 else 2 <= first.batches <= 2 + processes
     assert count(store, "SELECT count(*) FROM event_log") == first.applied < len(log)
     assert first.checkpoints == store.checkpoints("event_log")
 
-    second = replayer(harness, "event_log", store, batch_size=400).run()
+    second = replayer(harness, "event_log", store, batch_size=300, processes=processes).run()
     assert second.skipped == 0  # started right after the checkpoints: nothing read twice
     assert first.applied + second.applied == len(log)
     assert count(store, "SELECT count(*) FROM event_log") == len(log)
@@ -164,14 +188,19 @@ def test_a_stopped_replay_resumes_from_the_postgres_checkpoints(harness: Harness
     assert second.checkpoints == ends
 
 
-def test_targets_mode_stops_once_every_target_is_reached(harness: Harness, schemas: Schemas) -> None:
-    log = harness.produce(Workload(seed=64).events(3000))
+@pytest.mark.parametrize("processes", [1, 2])
+def test_targets_mode_stops_once_every_target_is_reached(
+    harness: Harness, schemas: Schemas, processes: int
+) -> None:
+    log = harness.produce(Workload(seed=64).events(2000))
     topic = harness.topic("order")
     ends = harness.end_offsets("order")
     targets: dict[TP, int] = {(topic, p): high // 3 for p, high in ends.items()}
     store = schemas.new("orders")
 
-    progress = replayer(harness, "orders", store, batch_size=100).run(targets=targets, timeout_s=60)
+    progress = replayer(harness, "orders", store, batch_size=100, processes=processes).run(
+        targets=targets, timeout_s=60
+    )
 
     reached = store.checkpoints("orders")
     assert all(reached[tp] >= offset for tp, offset in targets.items()), (reached, targets)
@@ -181,7 +210,7 @@ def test_targets_mode_stops_once_every_target_is_reached(harness: Harness, schem
     # A target past the end of the log is never reached: the time limit says so.
     beyond = {(topic, 0): ends[0] + 10}
     with pytest.raises(ReplayTimeout, match="target offsets"):
-        replayer(harness, "orders", store, batch_size=100).run(targets=beyond, timeout_s=3)
+        replayer(harness, "orders", store, processes=processes).run(targets=beyond, timeout_s=1.5)
     assert store.checkpoints("orders")[(topic, 0)] == ends[0] - 1
 
 
@@ -195,7 +224,7 @@ def test_events_of_aborted_transactions_are_never_replayed(harness: Harness, sch
     aborted += harness.produce(workload.events(200), abort=True)
     store = schemas.new("event_log")
 
-    progress = replayer(harness, "event_log", store).run(timeout_s=60)
+    progress = replayer(harness, "event_log", store, processes=2).run(timeout_s=60)
 
     assert progress.applied == len(committed) and progress.total_lag == 0
     with store.engine.connect() as conn:
@@ -207,9 +236,9 @@ def test_events_of_aborted_transactions_are_never_replayed(harness: Harness, sch
 def test_an_undecodable_record_is_dead_lettered_and_the_replay_goes_on(
     harness: Harness, schemas: Schemas
 ) -> None:
-    log = harness.produce(Workload(seed=66).events(1000))
+    log = harness.produce(Workload(seed=66).events(600))
     bad = harness.produce_raw("order", [b"not avro at all"], partition=2)
-    log += harness.produce(Workload(seed=67).events(1000))
+    log += harness.produce(Workload(seed=67).events(600))
     topic = harness.topic("order")
     store = schemas.new("orders")
 
@@ -224,3 +253,20 @@ def test_an_undecodable_record_is_dead_lettered_and_the_replay_goes_on(
     assert count(store, "SELECT count(*) FROM orders") == len(
         {env.metadata.aggregate_id for t, *_, env in log if t == topic}
     )
+
+
+def test_bad_input_under_the_halt_policy_stops_the_replay(harness: Harness, schemas: Schemas) -> None:
+    harness.produce(Workload(seed=68).events(600))
+    bad = harness.produce_raw("order", [b"\x00\x01"], partition=1)
+    harness.produce(Workload(seed=69).events(600))
+    topic = harness.topic("order")
+    store = schemas.new("orders")
+
+    with pytest.raises(ProjectionHalted, match=rf"{topic}\[1\]: bad input at offset {bad[0]}"):
+        replayer(harness, "orders", store, processes=2, on_bad_input="halt").run(timeout_s=60)
+
+    # Everything before the bad record is applied, nothing after it; the rebuild stops there.
+    assert store.checkpoints("orders")[(topic, 1)] == bad[0] - 1
+    with store.engine.connect() as conn:
+        halted = conn.execute(sa.text("SELECT topic, partition FROM projection_status WHERE halted")).all()
+    assert [tuple(r) for r in halted] == [(topic, 1)]
