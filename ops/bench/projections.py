@@ -44,6 +44,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from esflow.messaging.codec import Codec
 from esflow.messaging.kafka import producer_config
 from esflow.messaging.topics import event_topic, wait_until_visible
+from esflow.readmodel import versions
 from esflow.readmodel.applier import BatchApplier
 from esflow.readmodel.bulk import UpsertMethod, copy_rows, upsert
 from esflow.readmodel.migrations import create_schema
@@ -226,7 +227,18 @@ def bench_worker(
         fut.result(30)
     wait_until_visible(admin, names, 30)
     schema = f"bench_{uuid.uuid4().hex[:8]}"
-    engine = _schema(create_engine, pg, schema)
+    if projection == "noop":
+        # The no-op worker writes its checkpoints straight into the schema the settings name.
+        engine = _schema(create_engine, pg, schema)
+        dropped = [schema]
+    else:
+        # A real worker serves the live version of its projection: install one, as `db migrate` does.
+        layout = versions.Layout(schema)
+        base = create_engine(pg, schema)
+        versions.install(base, layout, [registry.get(projection)])
+        base.dispose()
+        engine = create_engine(pg, layout.version_schema(projection, 1))
+        dropped = [schema, layout.bi, layout.version_schema(projection, 1)]
     codec = Codec.from_settings()
     wanted = AGGREGATES if projection == "noop" else registry.get(projection).aggregates
     producer = Producer(producer_config(kafka, **{"linger.ms": 50, "batch.num.messages": 10000}))
@@ -287,7 +299,11 @@ def bench_worker(
     finally:
         proc.terminate()
         proc.wait(30)
-        _drop(engine, schema)
+        for name in dropped:
+            _drop(engine, name)
+        if projection != "noop":
+            with engine.begin() as conn:
+                conn.execute(sa.text(f'DROP ROLE IF EXISTS "{versions.Layout(schema).reader_role}"'))
         for fut in admin.delete_topics(names).values():
             try:
                 fut.result(30)
