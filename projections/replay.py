@@ -229,6 +229,8 @@ class Replayer:
         self.observer = observer
         self._processes: int | None = None
         """Replay processes; None: one per CPU for a large replay, in-process for a small one."""
+        self._used_processes = 0
+        """How many the last run used (the bench prints it)."""
 
     # ------------------------------------------------------------------------------------ public
 
@@ -285,6 +287,7 @@ class Replayer:
                 hint="is Kafka or Postgres slow or unreachable? the next run resumes from the checkpoints",
             )
 
+        self._used_processes = len(shards)
         with _gc_paused():
             if len(shards) == 1:
                 return self._run_here(parts, goal, report, progress, stop, deadline, timed_out)
@@ -493,8 +496,9 @@ class Replayer:
     ) -> None:
         """One replay process: its partitions, its own consumer, applier and connections."""
         # The parent coordinates stopping (it sets stop_flag on SIGINT/SIGTERM); die with it when killed.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
         _die_with_parent(parent)
         # Connections of the parent's pool belong to the parent: never touch them here.
         self.store.engine.dispose(close=False)

@@ -2,7 +2,7 @@
 
 Run against a running stack (``esflow stack up``; ESFLOW_KAFKA_BOOTSTRAP / ESFLOW_DATABASE_URL name it):
 
-    .venv/bin/python -m ops.bench.rebuild [--events 1000000] [--reuse] [--batch 20000]
+    .venv/bin/python -m ops.bench.rebuild [--events 1000000] [--reuse] [--batch 20000] [--processes N]
 
 (as a module: run as a script, this file would shadow the ``projections`` package).
 
@@ -16,8 +16,11 @@ count is not the expected one. Then, in the same run:
   decoding every record with the codec, no database: the ceiling for any projection in one process;
 - ``replay <projection>``: :class:`projections.replay.Replayer` from offset 0 into a fresh schema created
   as a rebuild creates it (``create_schema(..., indexes=False)``), until caught up, then
-  ``create_indexes``; the rate is events / (replay + index build), the two times are shown apart;
-- ``vs baseline`` and ``vs target``: the rate over the decode baseline and over 50,000 events/s.
+  ``create_indexes``; the rate is events / (replay + index build), the two times are shown apart, with
+  the number of replay processes (one per CPU for a log this size; ``--processes 1`` shows what one
+  process does);
+- ``vs baseline`` and ``vs target``: the rate over the decode baseline and over 50,000 events/s. The
+  baseline is one process, so a replay split over several can beat it.
 
 The schemas are dropped afterwards. Figures vary run to run on a shared 2-core machine; the README
 quotes ranges over several runs.
@@ -182,7 +185,12 @@ def bench_decode(kafka: KafkaSettings, topic: str, partitions: int, batch: int) 
 
 
 def bench_replay(
-    kafka: KafkaSettings, pg: PostgresSettings, topics: TopicSettings, projection: str, batch: int
+    kafka: KafkaSettings,
+    pg: PostgresSettings,
+    topics: TopicSettings,
+    projection: str,
+    batch: int,
+    processes: int | None = None,
 ) -> Figure:
     """Replay ``projection`` into a fresh schema, indexes deferred and built at the end (timed)."""
     proj = registry.get(projection)
@@ -201,6 +209,7 @@ def bench_replay(
             settings=ProjectionSettings(),
             batch_size=batch,
         )
+        replayer._processes = processes
         shown = [0.0]
 
         def progress(p: ReplayProgress) -> None:
@@ -224,7 +233,7 @@ def bench_replay(
         events = result.applied + result.skipped + result.dead_lettered
         detail = (
             f"replay {replayed - started:.1f}s + {indexes} index(es) {finished - replayed:.1f}s, "
-            f"{result.batches} batches"
+            f"{result.batches} batches, {replayer._used_processes} process(es)"
         )
         if result.dead_lettered or result.skipped:
             detail += f", {result.dead_lettered} dead letters, {result.skipped} skipped"
@@ -243,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=ProjectionSettings().rebuild_batch_size)
     parser.add_argument("--reuse", action="store_true", help="keep the topic (fixed name) for the next run")
     parser.add_argument("--projection", action="append", choices=PROJECTIONS, help="default: all of them")
+    parser.add_argument(
+        "--processes", type=int, default=None, help="replay processes (default: the replayer's choice)"
+    )
     args = parser.parse_args(argv)
     settings = load_settings()
     kafka, pg = settings.kafka, settings.postgres
@@ -257,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         figures = [bench_decode(kafka, topic, args.partitions, args.batch)]
         for projection in args.projection or PROJECTIONS:
-            figures.append(bench_replay(kafka, pg, topics, projection, args.batch))
+            figures.append(bench_replay(kafka, pg, topics, projection, args.batch, args.processes))
     finally:
         if not args.reuse:
             admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
