@@ -37,8 +37,8 @@ Why it is fast (``ops/bench/rebuild.py`` measures it):
 The processes are forked (the projection and decoder need not be picklable, a child starts in
 milliseconds); the parent's own Kafka client is closed before, each child opens its own connections.
 Children ignore SIGINT/SIGTERM: the parent, told to ``stop``, tells them, and they return after their
-batch in flight; a parent that dies takes them along (``PR_SET_PDEATHSIG``), so a SIGKILLed rebuild
-leaves no replay behind, only committed batches to resume from.
+batch in flight; a parent that dies takes them along (``PR_SET_PDEATHSIG``: SIGKILL), so a killed
+rebuild leaves no replay behind, only committed batches to resume from.
 """
 
 from __future__ import annotations
@@ -495,10 +495,12 @@ class Replayer:
         parent: int,
     ) -> None:
         """One replay process: its partitions, its own consumer, applier and connections."""
-        # The parent coordinates stopping (it sets stop_flag on SIGINT/SIGTERM); die with it when killed.
+        # Stopping is the parent's business (its caller's ``stop``, e.g. the CLI's SIGINT/SIGTERM
+        # handler, sets stop_flag), even when a signal reaches the whole process group (Ctrl-C, systemd):
+        # the batch in flight commits. A parent that dies takes the children along.
         with contextlib.suppress(ValueError):
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _die_with_parent(parent)
         # Connections of the parent's pool belong to the parent: never touch them here.
         self.store.engine.dispose(close=False)
