@@ -170,30 +170,38 @@ def test_rebuild_and_rollback_under_load_with_a_bi_reader(
 
 
 def test_a_second_rebuild_is_refused_and_a_crashed_one_resumes(harness: Harness) -> None:
-    log = harness.produce(Workload(seed=8).events(20_000))
+    from projections.rebuild import rebuild_lock
+
+    log = harness.produce(Workload(seed=8).events(30_000))
     harness.start("event_log")
     harness.wait_applied({"event_log": len(log)}, timeout=180)
-    env = harness.env(ESFLOW_PROJECTION_REBUILD_BATCH_SIZE="500")
-    first = subprocess.Popen(
-        [sys.executable, "-m", "esflow", "projection", "rebuild", "event_log", "--quiet"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    # Wait for it to be building, then try a second one while the first holds the lock.
-    deadline = time.monotonic() + 60
-    while _registry(harness, "event_log").get(2) != "building":
-        assert time.monotonic() < deadline and first.poll() is None, first.communicate()
-        time.sleep(0.1)
-    second = _run(harness, "projection", "rebuild", "event_log")
+    # While another process holds the projection's rebuild lock, a rebuild is refused at once.
+    with rebuild_lock(harness.db("event_log"), harness.layout, "event_log"):
+        second = _run(harness, "projection", "rebuild", "event_log")
     assert second.returncode != 0
     assert "already running" in second.stderr, second.stderr
-    # SIGKILL mid-replay: whatever it committed stays, the rest is replayed by the next rebuild.
-    time.sleep(0.5)
+    assert _registry(harness, "event_log") == {1: "live"}
+
+    # SIGKILL mid-replay (small batches, so it is still replaying): what it committed stays, the rest
+    # is replayed by the next rebuild, from its own checkpoints.
+    first = subprocess.Popen(
+        [sys.executable, "-m", "esflow", "projection", "rebuild", "event_log", "--quiet"],
+        env=harness.env(ESFLOW_PROJECTION_REBUILD_BATCH_SIZE="200"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    schema = harness.layout.version_schema("event_log", 2)
+    deadline = time.monotonic() + 60
+    while True:
+        assert time.monotonic() < deadline and first.poll() is None, "the rebuild ended before the kill"
+        if _registry(harness, "event_log").get(2) == "building" and _applied(harness, schema) > 0:
+            break
+        time.sleep(0.02)
     first.send_signal(signal.SIGKILL)
     first.wait(30)
     assert _registry(harness, "event_log") == {1: "live", 2: "building"}
+    partial = _applied(harness, schema)
+    assert 0 < partial < len(log)
     resumed = _run(harness, "projection", "rebuild", "event_log")
     assert resumed.returncode == 0, resumed.stderr
     assert _registry(harness, "event_log") == {1: "standby", 2: "live"}
@@ -205,6 +213,19 @@ def test_a_second_rebuild_is_refused_and_a_crashed_one_resumes(harness: Harness)
         ).one()
     assert count == distinct == len(log)
     assert harness.stop("event_log") == [0]
+
+
+def _applied(harness: Harness, schema: str) -> int:
+    with harness.engine.connect() as conn:
+        exists = conn.execute(
+            sa.text("SELECT to_regclass(:t)"), {"t": f'"{schema}".projection_status'}
+        ).scalar()
+        if exists is None:
+            return 0
+        value = conn.execute(
+            sa.text(f'SELECT COALESCE(sum(events_applied), 0) FROM "{schema}".projection_status')
+        )
+        return int(value.scalar_one())
 
 
 def test_a_version_that_breaks_the_bi_contract_never_goes_live(
