@@ -43,11 +43,13 @@ def fold_by_aggregate(
     fold: Callable[[Row | None, EventEnvelope], Row],
     *,
     loaded: Callable[[Row], None] | None = None,
+    step: Callable[[Row | None, EventEnvelope], Row] | None = None,
 ) -> list[Row]:
     """Fold a batch into one row per aggregate: the stored row (``key`` = aggregate id) plus its events.
 
     Returns the rows the batch changed, in first-touched order; ``loaded`` may adjust each stored row
-    before folding.
+    before folding. ``step``, when given, applies the later events of an aggregate in place to the row
+    the first ``fold`` returned (the batch's own copy), instead of copying it once per event.
     """
     rows = load_rows(conn, table, key, (e.payload.metadata.aggregate_id for e in events))
     if loaded is not None:
@@ -56,7 +58,11 @@ def fold_by_aggregate(
     changed: dict[Any, Row] = {}
     for decoded in events:
         agg = decoded.payload.metadata.aggregate_id
-        changed[agg] = fold(changed.get(agg) or rows.get(agg), decoded.payload)
+        mine = changed.get(agg)
+        if mine is not None and step is not None:
+            changed[agg] = step(mine, decoded.payload)
+        else:
+            changed[agg] = fold(mine or rows.get(agg), decoded.payload)
     return list(changed.values())
 
 
