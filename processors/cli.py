@@ -9,6 +9,7 @@ from types import FrameType
 
 import click
 
+from esflow import gctune
 from esflow.messaging.codec import Codec
 from esflow.settings import load_settings
 from processors.metrics import Metrics
@@ -55,6 +56,7 @@ def run_cmd(instance_id: str | None, group_id: str | None, metrics_port: int | N
         logging.getLogger("esflow.processor").info(
             "metrics on http://%s:%d/metrics", psettings.metrics_host, port
         )
+    gctune.tune_for_throughput()
     try:
         proc.run()
     finally:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import sqlalchemy as sa
 
+from esflow import gctune
 from esflow.errors import EsflowError, translate
 from esflow.readmodel import versions
 from esflow.readmodel.migrations import MIGRATIONS, applied_versions
@@ -279,6 +280,7 @@ def _run_worker(name: str, settings: Settings, pinned: int | None = None) -> Non
     log.info("%s: serving v%d (%s)", name, serving.version, serving.schema)
     if ps.metrics_port:
         metrics.serve(ps.metrics_port)
+    gctune.tune_for_throughput()
     worker = faust.Worker(built.app, loglevel=os.environ.get("ESFLOW_LOG_LEVEL", "info"), quiet=True)
     try:
         worker.execute_from_commandline()

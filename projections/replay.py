@@ -20,7 +20,7 @@ How it reads:
 
 Why it is fast (``ops/bench/rebuild.py`` measures it):
 
-- batches of ``batch_size`` events (20,000), taken with one ``poll()`` for the first record and
+- batches of ``batch_size`` events (50,000), taken with one ``poll()`` for the first record and
   ``consume(n)`` for the rest;
 - the cyclic garbage collector is paused for the run (:func:`_gc_paused`): with a batch of decoded
   envelopes alive, its automatic passes took 75-85% of the decoding time; a full collection runs
@@ -213,7 +213,7 @@ class Replayer:
         topics: TopicSettings,
         group_id: str,
         settings: ProjectionSettings | None = None,
-        batch_size: int = 20_000,
+        batch_size: int = 50_000,
         observer: Observer | None = None,
     ) -> None:
         if batch_size < 1:

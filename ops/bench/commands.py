@@ -41,6 +41,7 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from esflow import gctune
 from esflow.domain.account import DepositFunds, OpenAccount
 from esflow.domain.aggregates import ACCOUNT
 from esflow.domain.aggregates.account import AccountState
@@ -368,6 +369,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--restore-aggregates", type=int, default=1_000_000, help="0 skips the restore figure")
     ap.add_argument("--skip-baselines", action="store_true")
     args = ap.parse_args(argv)
+    # The in-process processor runs with the collector settings of `esflow processor run`.
+    gctune.tune_for_throughput()
     kafka = KafkaSettings()
     partitions = TopicSettings().partitions
     print(

