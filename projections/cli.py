@@ -22,8 +22,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import sqlalchemy as sa
@@ -40,11 +41,27 @@ from projections.registry import PROJECTIONS
 if TYPE_CHECKING:
     from projections.replay import ReplayProgress
 
+T = TypeVar("T")
+
 log = logging.getLogger("esflow.projections")
 
 
 def _engine(settings: Settings) -> sa.Engine:
     return create_engine(settings.postgres, settings.projections.db_schema)
+
+
+def _read(settings: Settings, context: str, read: Callable[[sa.Connection], T]) -> T:
+    """Run ``read`` on a connection to the base schema; driver errors become one-line esflow errors."""
+    engine = _engine(settings)
+    try:
+        with engine.connect() as conn:
+            return read(conn)
+    except EsflowError:
+        raise
+    except Exception as exc:
+        raise translate(exc, context=context) from exc
+    finally:
+        engine.dispose()
 
 
 def _layout(settings: Settings) -> Layout:
@@ -102,15 +119,7 @@ def db_grant_bi(role: str, password: str | None) -> None:
 @db.command("version")
 def db_version() -> None:
     """Print the schema's applied migrations and the newest one this esflow knows."""
-    settings = load_settings()
-    engine = _engine(settings)
-    try:
-        with engine.connect() as conn:
-            done = applied_versions(conn)
-    except Exception as exc:
-        raise translate(exc, context="reading the migration ledger") from exc
-    finally:
-        engine.dispose()
+    done = _read(load_settings(), "reading the migration ledger", applied_versions)
     click.echo(f"applied: {max(done) if done else 0}, newest: {MIGRATIONS[-1].version}")
 
 
@@ -131,18 +140,13 @@ def projector_list() -> None:
 def projector_status(as_json: bool) -> None:
     """Print projection_status of the live versions: per projection and partition, how fresh it is."""
     settings = load_settings()
-    engine = _engine(settings)
     query = sa.text(
         "SELECT projection, topic, partition, last_offset, last_event_at, updated_at, lag, events_applied, "
         f'halted, error FROM "{_layout(settings).bi}".projection_status ORDER BY projection, topic, partition'
     )
-    try:
-        with engine.connect() as conn:
-            rows = [dict(r) for r in conn.execute(query).mappings()]
-    except Exception as exc:
-        raise translate(exc, context="reading projection_status") from exc
-    finally:
-        engine.dispose()
+    rows = _read(
+        settings, "reading projection_status", lambda c: [dict(r) for r in c.execute(query).mappings()]
+    )
     for row in rows:
         if as_json:
             click.echo(json.dumps(row, default=str))
@@ -428,15 +432,8 @@ def projection_status(names: tuple[str, ...], as_json: bool) -> None:
         _check_name(name)
     settings = load_settings()
     layout = _layout(settings)
-    engine = _engine(settings)
-    try:
-        report = _status_report(engine, layout, list(names) or list(PROJECTIONS))
-    except EsflowError:
-        raise
-    except Exception as exc:
-        raise translate(exc, context="reading the projection versions") from exc
-    finally:
-        engine.dispose()
+    chosen = list(names) or list(PROJECTIONS)
+    report = _read(settings, "reading the projection versions", lambda c: _status_report(c, layout, chosen))
     for entry in report:
         if as_json:
             click.echo(json.dumps(entry, default=str))
@@ -444,44 +441,43 @@ def projection_status(names: tuple[str, ...], as_json: bool) -> None:
         click.echo(_describe(entry))
 
 
-def _status_report(engine: sa.Engine, layout: Layout, names: list[str]) -> list[dict[str, object]]:
+def _status_report(conn: sa.Connection, layout: Layout, names: list[str]) -> list[dict[str, object]]:
     """One dict per version: registry fields, partitions (offset, lag, applied), totals, progress."""
     now = time.time()
     out: list[dict[str, object]] = []
-    with engine.connect() as conn:
-        for name in names:
-            for v in versions.list_versions(conn, layout, name):
-                entry: dict[str, object] = {
-                    "projection": name,
-                    "version": v.version,
-                    "state": v.state,
-                    "schema": v.schema,
-                    "code_version": v.code_version,
-                    "created_at": v.created_at,
-                    "live_since": v.live_since,
-                    "error": v.error,
-                }
-                if v.state in ("live", "standby", "building", "failed"):
-                    rows = conn.execute(
-                        sa.text(
-                            "SELECT topic, partition, last_offset, lag, events_applied, halted, error FROM "
-                            f'"{v.schema}".projection_status WHERE projection = :p ORDER BY topic, partition'
-                        ),
-                        {"p": name},
-                    ).mappings()
-                    partitions = [dict(r) for r in rows]
-                    applied = sum(int(p["events_applied"]) for p in partitions)
-                    lag = sum(int(p["lag"] or 0) for p in partitions)
-                    entry.update(partitions=partitions, events_applied=applied, lag=lag)
-                    if v.state == "building":
-                        elapsed = max(1e-3, now - v.created_at.timestamp())
-                        rate = applied / elapsed
-                        entry["progress"] = applied / (applied + lag) if applied + lag else 0.0
-                        entry["events_per_s"] = round(rate, 1)
-                        entry["eta_s"] = round(lag / rate, 1) if rate > 0 else None
-                out.append(entry)
-            if not any(e["projection"] == name for e in out):
-                out.append({"projection": name, "version": None, "state": "not installed"})
+    for name in names:
+        for v in versions.list_versions(conn, layout, name):
+            entry: dict[str, object] = {
+                "projection": name,
+                "version": v.version,
+                "state": v.state,
+                "schema": v.schema,
+                "code_version": v.code_version,
+                "created_at": v.created_at,
+                "live_since": v.live_since,
+                "error": v.error,
+            }
+            if v.state in ("live", "standby", "building", "failed"):
+                rows = conn.execute(
+                    sa.text(
+                        "SELECT topic, partition, last_offset, lag, events_applied, halted, error FROM "
+                        f'"{v.schema}".projection_status WHERE projection = :p ORDER BY topic, partition'
+                    ),
+                    {"p": name},
+                ).mappings()
+                partitions = [dict(r) for r in rows]
+                applied = sum(int(p["events_applied"]) for p in partitions)
+                lag = sum(int(p["lag"] or 0) for p in partitions)
+                entry.update(partitions=partitions, events_applied=applied, lag=lag)
+                if v.state == "building":
+                    elapsed = max(1e-3, now - v.created_at.timestamp())
+                    rate = applied / elapsed
+                    entry["progress"] = applied / (applied + lag) if applied + lag else 0.0
+                    entry["events_per_s"] = round(rate, 1)
+                    entry["eta_s"] = round(lag / rate, 1) if rate > 0 else None
+            out.append(entry)
+        if not any(e["projection"] == name for e in out):
+            out.append({"projection": name, "version": None, "state": "not installed"})
     return out
 
 
