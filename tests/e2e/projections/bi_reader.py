@@ -8,12 +8,14 @@ a fresh one every 20 samples, so both long-lived and new sessions are exercised.
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import sys
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import psycopg
 
@@ -25,6 +27,22 @@ QUERIES = {
     "coalesce(sum(orders), 0) FROM daily_revenue",
     "status": "SELECT coalesce(sum(events_applied), 0) FROM projection_status WHERE projection = 'orders'",
 }
+
+
+def read_samples(path: Path) -> list[dict[str, Any]]:
+    """The samples a reader wrote."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def problems(samples: list[dict[str, Any]]) -> list[str]:
+    """What a BI user would have noticed: query errors, and any figure that went backwards."""
+    found = [f"error: {s['error']}" for s in samples if "error" in s]
+    for key in QUERIES:
+        series = [s[key] for s in samples if key in s]
+        for before, after in itertools.pairwise(series):
+            if any(b < a for a, b in zip(before, after, strict=True)):
+                found.append(f"{key} went backwards: {before} -> {after}")
+    return found
 
 
 def main(conninfo: str, schema: str, out_path: str) -> None:
