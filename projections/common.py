@@ -43,27 +43,23 @@ def fold_by_aggregate(
     fold: Callable[[Row | None, EventEnvelope], Row],
     *,
     loaded: Callable[[Row], None] | None = None,
-    step: Callable[[Row | None, EventEnvelope], Row] | None = None,
 ) -> list[Row]:
     """Fold a batch into one row per aggregate: the stored row (``key`` = aggregate id) plus its events.
 
     Returns the rows the batch changed, in first-touched order; ``loaded`` may adjust each stored row
-    before folding. ``step``, when given, applies the later events of an aggregate in place to the row
-    the first ``fold`` returned (the batch's own copy), instead of copying it once per event.
+    before folding. The rows handed to ``fold`` belong to this call (loaded afresh, or returned by an
+    earlier ``fold``), so a fold may change its input in place rather than copy it per event.
     """
     rows = load_rows(conn, table, key, (e.payload.metadata.aggregate_id for e in events))
     if loaded is not None:
         for row in rows.values():
             loaded(row)
-    changed: dict[Any, Row] = {}
+    touched: dict[Any, Row] = {}
     for decoded in events:
         agg = decoded.payload.metadata.aggregate_id
-        mine = changed.get(agg)
-        if mine is not None and step is not None:
-            changed[agg] = step(mine, decoded.payload)
-        else:
-            changed[agg] = fold(mine or rows.get(agg), decoded.payload)
-    return list(changed.values())
+        rows[agg] = changed = fold(rows.get(agg), decoded.payload)
+        touched[agg] = changed
+    return list(touched.values())
 
 
 def _default(value: Any) -> Any:

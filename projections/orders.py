@@ -71,9 +71,10 @@ _LINE_EVENTS = (OrderPlaced, OrderItemAdded, OrderItemRemoved)
 def step(row: Row | None, envelope: EventEnvelope) -> Row:
     """Apply one event to ``row`` in place (a row the caller owns) and return it.
 
-    The replay of a large log folds many events per order in one batch: copying the row (and its lines)
-    per event, as the pure :func:`fold` must, and re-summing the lines after events that cannot change
-    them, cost more than the rest of the projection.
+    The projection folds with this (``fold_by_aggregate`` hands it rows it owns): a replay folds many
+    events per order in one batch, and copying the row (and its lines) per event, as the pure
+    :func:`fold` must, and re-summing the lines after events that cannot change them, cost more than
+    the rest of the projection.
     """
     meta = envelope.metadata
     event = envelope.event
@@ -149,7 +150,7 @@ class OrdersProjection:
 
     def apply(self, conn: sa.Connection, events: Events, *, method: UpsertMethod) -> None:
         """Fold the batch into the stored rows and upsert the changed ones."""
-        changed = fold_by_aggregate(conn, orders, "order_id", events, fold, loaded=_parse_lines, step=step)
+        changed = fold_by_aggregate(conn, orders, "order_id", events, step, loaded=_parse_lines)
         out = []
         for row in changed:
             record = dict(row)
