@@ -390,28 +390,24 @@ def _ddl(projection: str, code_version: int) -> ReadModelDDL:
         ) from None
 
 
-def _chosen(projections: Mapping[str, int] | Sequence[str] | None) -> dict[str, int]:
-    if projections is None:
-        return {name: max(versions) for name, versions in READ_MODELS.items()}
-    if isinstance(projections, Mapping):
-        return dict(projections)
-    return {name: max(READ_MODELS[name]) if name in READ_MODELS else 1 for name in projections}
-
-
 def create_schema(
     conn: sa.Connection,
     schema: str,
-    projections: Mapping[str, int] | Sequence[str] | None = None,
+    projections: Mapping[str, int] | None = None,
     *,
     indexes: bool = True,
 ) -> None:
     """Create ``schema`` with the bookkeeping tables and the read models of ``projections``.
 
-    ``projections`` maps names to code versions (a sequence means their newest versions; None means
-    every read model). ``indexes=False`` leaves out the secondary indexes, for a bulk load that adds
-    them afterwards with :func:`create_indexes`. Runs on the caller's transaction.
+    ``projections`` maps names to code versions (None: every read model at its newest code version).
+    ``indexes=False`` leaves out the secondary indexes, for a bulk load that adds them afterwards with
+    :func:`create_indexes`. Runs on the caller's transaction.
     """
-    chosen = _chosen(projections)
+    chosen = (
+        dict(projections)
+        if projections is not None
+        else {name: max(versions) for name, versions in READ_MODELS.items()}
+    )
     conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
     with _search_path(conn, schema):
         for statement in BOOKKEEPING:
