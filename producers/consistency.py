@@ -22,6 +22,9 @@ from esflow.settings import Settings, load_settings
 
 TP = tuple[str, int]
 
+LIVE_TTL_S = 0.5
+"""How long a waiter trusts its lookup of a projection's live version."""
+
 
 @dataclass(frozen=True)
 class ConsistencyToken:
@@ -71,11 +74,19 @@ class ProjectionWaiter:
         self.settings = settings or load_settings()
         self._layout = versions.Layout(self.settings.projections.db_schema)
         self._engine = create_engine(self.settings.postgres, self._layout.base, pool_size=1)
+        self._live: dict[str, tuple[float, versions.Version | None]] = {}
 
     def checkpoints(self, projection: str) -> tuple[set[str], dict[TP, int]]:
         """The topics the live version reads, and its checkpoints (nothing when none is live yet)."""
         with self._engine.connect() as conn:
-            live = versions.live_version(conn, self._layout, projection)
+            # Polls come every few milliseconds; which version is live changes only at a switch, so it is
+            # looked up again after LIVE_TTL_S (a switch never makes a passed token unpassed, it can only
+            # make a wait up to that much longer).
+            now = time.monotonic()
+            cached = self._live.get(projection)
+            if cached is None or now - cached[0] > LIVE_TTL_S:
+                cached = self._live[projection] = (now, versions.live_version(conn, self._layout, projection))
+            live = cached[1]
             if live is None:
                 return set(), {}
             topics = {event_topic(a, self.settings.topics) for a in live.aggregates}
