@@ -255,6 +255,28 @@ def _java(bench: Bench, *args: str, timeout: float = 600) -> tuple[str, float]:
     return proc.stdout, time.perf_counter() - t0
 
 
+def _producer_perf(bench: Bench, topic: str, count: int, size: int, *options: str) -> str:
+    """Kafka's ProducerPerformance flat out (acks=all) with extra ``options``; returns its output."""
+    out, _ = _java(
+        bench,
+        "org.apache.kafka.tools.ProducerPerformance",
+        "--topic",
+        topic,
+        "--num-records",
+        str(count),
+        "--record-size",
+        str(size),
+        "--throughput",
+        "-1",
+        *options,
+        # --producer-props takes every following argument, so it comes last.
+        "--producer-props",
+        f"bootstrap.servers={bench.kafka.bootstrap_servers}",
+        "acks=all",
+    )
+    return out
+
+
 def baselines(bench: Bench, count: int, size: int, batch: int) -> dict[str, float]:
     """ProducerPerformance (transactional) and TransactionalMessageCopier: ``count`` records of ``size`` B."""
     admin = admin_client(bench.kafka)
@@ -264,44 +286,21 @@ def baselines(bench: Bench, count: int, size: int, batch: int) -> dict[str, floa
         fut.result(60)
     wait_until_visible(admin, [src, dst, txsrc], 60)
     boot = bench.kafka.bootstrap_servers
-    out, _ = _java(
+    out = _producer_perf(
         bench,
-        "org.apache.kafka.tools.ProducerPerformance",
-        "--topic",
         txsrc,
-        "--num-records",
-        str(count),
-        "--record-size",
-        str(size),
-        "--throughput",
-        "-1",
+        count,
+        size,
         "--transactional-id",
         f"{bench.group}-pp",
         "--transaction-duration-ms",
         "100",
-        "--producer-props",
-        f"bootstrap.servers={boot}",
-        "acks=all",
     )
     m = re.search(r"([\d.]+) records/sec", out.strip().splitlines()[-1])
     perf_tx = float(m.group(1)) if m else float("nan")
     # The copier's input is written without transactions: it counts remaining messages by end offset,
     # which transaction markers would keep above zero forever.
-    _java(
-        bench,
-        "org.apache.kafka.tools.ProducerPerformance",
-        "--topic",
-        src,
-        "--num-records",
-        str(count),
-        "--record-size",
-        str(size),
-        "--throughput",
-        "-1",
-        "--producer-props",
-        f"bootstrap.servers={boot}",
-        "acks=all",
-    )
+    _producer_perf(bench, src, count, size)
     out, wall = _java(
         bench,
         "org.apache.kafka.tools.TransactionalMessageCopier",
