@@ -7,15 +7,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 import sqlalchemy as sa
 
-from esflow.readmodel import versions
+from esflow.readmodel import migrations, versions
+from esflow.settings import load_settings
 from ops.bench.projection_workload import Workload
+from projections.daily_revenue import DailyRevenueProjection
 from tests.e2e.projections.bi_reader import problems, read_samples
 from tests.e2e.projections.expected import comparable, fold, read_tables
 from tests.e2e.projections.harness import Harness, LogEntry
@@ -215,30 +217,40 @@ def _applied(harness: Harness, schema: str) -> int:
         return int(value.scalar_one())
 
 
+def _daily_revenue_v2(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, table_ddl: Callable[[str], str]
+) -> type[DailyRevenueProjection]:
+    """Code version 2 of daily_revenue (its table DDL made from v1's by ``table_ddl``), for this process.
+
+    Also points this process's settings at the harness, so in-process rebuilds and workers use it.
+    """
+    v1 = migrations.READ_MODELS["daily_revenue"][1]
+    v2 = migrations.ReadModelDDL(tables=tuple(table_ddl(t) for t in v1.tables), indexes=v1.indexes)
+    monkeypatch.setitem(migrations.READ_MODELS, "daily_revenue", {1: v1, 2: v2})
+    for key, value in harness.env().items():
+        monkeypatch.setenv(key, value)
+
+    class Version2(DailyRevenueProjection):
+        version = 2
+
+    return Version2
+
+
 def test_a_version_that_breaks_the_bi_contract_never_goes_live(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from esflow.readmodel import migrations
-    from esflow.settings import load_settings
-    from projections.daily_revenue import DailyRevenueProjection
     from projections.rebuild import Rebuilder
 
     log = harness.produce(Workload(seed=9).events(500))
-
-    class Widened(DailyRevenueProjection):
-        version = 2
-
-    v1 = migrations.READ_MODELS["daily_revenue"][1]
     # Code version 2 changes the type of a column the bi view exposes: a BI tool would break.
-    widened = migrations.ReadModelDDL(
-        tables=(v1.tables[0].replace("orders        integer", "orders        bigint"),)
+    widened = _daily_revenue_v2(
+        harness, monkeypatch, lambda ddl: ddl.replace("orders        integer", "orders        bigint")
     )
-    assert widened.tables != v1.tables
-    monkeypatch.setitem(migrations.READ_MODELS, "daily_revenue", {1: v1, 2: widened})
-    for key, value in harness.env().items():
-        monkeypatch.setenv(key, value)
+    assert (
+        migrations.READ_MODELS["daily_revenue"][2].tables != migrations.READ_MODELS["daily_revenue"][1].tables
+    )
     with (
-        Rebuilder("daily_revenue", load_settings(), projection=Widened()) as rebuilder,
+        Rebuilder("daily_revenue", load_settings(), projection=widened()) as rebuilder,
         pytest.raises(versions.ValidationFailed, match=r"daily_revenue\.orders is bigint"),
     ):
         rebuilder.rebuild(lag_threshold=0)
@@ -252,22 +264,12 @@ def test_a_worker_of_new_code_refuses_an_old_version_or_rebuilds_it_when_configu
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from esflow.errors import EsflowError
-    from esflow.readmodel import migrations
-    from esflow.settings import load_settings
     from projections import cli
-    from projections.daily_revenue import DailyRevenueProjection
     from projections.registry import PROJECTIONS
 
     log = harness.produce(Workload(seed=10).events(800))
-
-    class Revised(DailyRevenueProjection):
-        version = 2
-
-    v1 = migrations.READ_MODELS["daily_revenue"][1]
-    monkeypatch.setitem(migrations.READ_MODELS, "daily_revenue", {1: v1, 2: v1})
-    monkeypatch.setitem(PROJECTIONS, "daily_revenue", Revised)
-    for key, value in harness.env().items():
-        monkeypatch.setenv(key, value)
+    revised = _daily_revenue_v2(harness, monkeypatch, lambda ddl: ddl)
+    monkeypatch.setitem(PROJECTIONS, "daily_revenue", revised)
     with pytest.raises(EsflowError, match="built by code version 1; this worker runs code version 2"):
         cli._serving("daily_revenue", load_settings(), None)
     monkeypatch.setenv("ESFLOW_PROJECTION_AUTO_REBUILD", "true")
