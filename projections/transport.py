@@ -52,7 +52,12 @@ class CheckpointSeekingConsumer(faust_aiokafka.Consumer):
         return ReadCommittedConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def seek_to_committed(self) -> Mapping[Any, int]:
-        """Seek to Kafka's committed offsets, then to checkpoint + 1 where Postgres has a checkpoint."""
+        """Seek every assigned partition to its Postgres checkpoint + 1 (offset 0 where there is none).
+
+        Kafka's committed offset is never trusted on its own: Faust commits a batch's offsets once the
+        agent moves on, which can be before Postgres committed the batch, so it may be ahead of the read
+        model, also for a partition whose very first batch never reached Postgres.
+        """
         committed: dict[Any, int] = dict(await super().seek_to_committed())
         source = cast(CheckpointSource | None, getattr(self.app, "checkpoint_source", None))
         assigned = self.assignment()
@@ -62,9 +67,8 @@ class CheckpointSeekingConsumer(faust_aiokafka.Consumer):
         checkpoints = await source(tps)
         for tp in assigned:
             done = checkpoints.get((tp.topic, tp.partition))
-            if done is None or done < 0:
-                continue
-            position = done + 1
+            # Nothing applied yet: from the start (auto_offset_reset=earliest covers a truncated log).
+            position = 0 if done is None or done < 0 else done + 1
             if committed.get(tp) != position:
                 log.info(
                     "seek %s[%d] to %d from the Postgres checkpoint (Kafka committed: %s)",
