@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from esflow import gctune
 from esflow.errors import EsflowError, translate
 from esflow.readmodel import versions
+from esflow.readmodel.applier import is_transient
 from esflow.readmodel.migrations import MIGRATIONS, applied_versions
 from esflow.readmodel.store import create_engine
 from esflow.readmodel.versions import Layout, Version, VersionError
@@ -192,28 +193,32 @@ def _serving(name: str, settings: Settings, pinned: int | None) -> Version:
     """The version this worker serves: the pinned one, or the live one (rebuilt first if configured)."""
     code = PROJECTIONS[name]().version
     layout = _layout(settings)
-    engine = _engine(settings)
-    try:
-        with engine.connect() as conn:
-            if pinned is not None:
-                chosen = versions.get_version(conn, layout, name, pinned)
-                if chosen.state not in ("live", "standby"):
-                    raise VersionError(
-                        f"{name} v{pinned} is {chosen.state}; only live or standby can be served"
-                    )
-            else:
-                live = versions.live_version(conn, layout, name)
-                if live is None:
-                    raise VersionError(
-                        f"projection {name} has no live version", hint="run `esflow db migrate`"
-                    )
-                chosen = live
-    except EsflowError:
-        raise
-    except Exception as exc:
-        raise translate(exc, context="reading the projection versions") from exc
-    finally:
-        engine.dispose()
+
+    def choose(conn: sa.Connection) -> Version:
+        if pinned is not None:
+            chosen = versions.get_version(conn, layout, name, pinned)
+            if chosen.state not in ("live", "standby"):
+                raise VersionError(f"{name} v{pinned} is {chosen.state}; only live or standby can be served")
+            return chosen
+        live = versions.live_version(conn, layout, name)
+        if live is None:
+            raise VersionError(f"projection {name} has no live version", hint="run `esflow db migrate`")
+        return live
+
+    # A worker (re)started while Postgres is down waits for it, as a running one does.
+    deadline = time.monotonic() + settings.projections.checkpoint_timeout_s
+    delay = settings.projections.retry_initial_s
+    while True:
+        try:
+            chosen = _read(settings, "reading the projection versions", choose)
+            break
+        except EsflowError as exc:
+            cause = exc.__cause__
+            if not isinstance(cause, Exception) or not is_transient(cause) or time.monotonic() > deadline:
+                raise
+            log.warning("%s: Postgres not reachable, retrying in %.1fs: %s", name, delay, exc.message)
+            time.sleep(delay)
+            delay = min(delay * 2, settings.projections.retry_max_s)
     if chosen.code_version == code:
         return chosen
     if pinned is None and settings.projections.auto_rebuild:
