@@ -71,18 +71,22 @@ class Metrics:
         self.ready = False
         self._server: ThreadingHTTPServer | None = None
 
-    def count(self, aggregate: str, outcome: str, reason: str, events: int = 0) -> None:
-        """Count one command (and the events it appended); label children are cached, ``labels()`` is slow."""
+    def count(self, aggregate: str, outcome: str, reason: str, commands: int = 1) -> None:
+        """Count committed commands by outcome (dead letters also by reason); label children are cached."""
         key = (aggregate, outcome, reason)
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = self.commands.labels(aggregate, outcome, reason)
-        child.inc()
-        if events:
-            ev = self._event_children.get(aggregate)
-            if ev is None:
-                ev = self._event_children[aggregate] = self.events.labels(aggregate)
-            ev.inc(events)
+        child.inc(commands)
+        if outcome == "dead_letter":
+            self.dead_letters.labels(reason).inc(commands)
+
+    def count_events(self, aggregate: str, events: int) -> None:
+        """Count committed appended events."""
+        ev = self._event_children.get(aggregate)
+        if ev is None:
+            ev = self._event_children[aggregate] = self.events.labels(aggregate)
+        ev.inc(events)
 
     def turn(self) -> None:
         """Record that the loop is alive."""

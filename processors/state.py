@@ -20,6 +20,7 @@ was lost.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,12 @@ from esflow.errors import RestoreError
 
 SNAPSHOT_FORMAT = 1
 HEADER_EVENTS_UNTIL = "esflow-events-until"
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_.:-]*")
+
+
+def _json_str(value: str) -> str:
+    # Aggregate ids are UUIDs and types are names: nothing to escape, so skip json.dumps for them.
+    return f'"{value}"' if _IDENTIFIER.fullmatch(value) else json.dumps(value)
 
 
 class ResultSlot:
@@ -69,19 +76,14 @@ class AggregateRecord:
         state = b"null" if self.state is None else self.state.model_dump_json().encode()
         datas = [slot.data or b"null" for _, slot in self.recent]
         results = b",".join(datas)
-        head = json.dumps(
-            {
-                "f": SNAPSHOT_FORMAT,
-                "type": aggregate.aggregate_type,
-                "id": self.aggregate_id,
-                "version": self.version,
-                "last_event_offset": self.last_event_offset,
-                # Byte lengths of the results at the end: restore slices them out instead of re-encoding.
-                "lens": [len(d) for d in datas],
-            },
-            separators=(",", ":"),
+        # Byte lengths of the results at the end: restore slices them out instead of re-encoding.
+        lens = ",".join([str(len(d)) for d in datas])
+        head = (
+            f'{{"f":{SNAPSHOT_FORMAT},"type":{_json_str(aggregate.aggregate_type)},'
+            f'"id":{_json_str(self.aggregate_id)},"version":{self.version:d},'
+            f'"last_event_offset":{self.last_event_offset:d},"lens":[{lens}]'
         ).encode()
-        return head[:-1] + b',"state":' + state + b',"recent":[' + results + b"]}"
+        return head + b',"state":' + state + b',"recent":[' + results + b"]}"
 
     @classmethod
     def from_snapshot(cls, aggregate: Aggregate[Any], data: bytes) -> AggregateRecord:

@@ -915,7 +915,7 @@ class _WriterCompiler:
         self.check(indent, source, "int")
         self.emit(indent, f"if not -{limit} <= {source} < {limit}:")
         self.emit(indent + 1, "raise _NotCanonical")
-        self.emit(indent, f"out += _zigzag({source})")
+        self.emit(indent, f"out += _ZIGZAG_BYTES[{source} << 1] if 0 <= {source} < 64 else _zigzag({source})")
 
     def value(self, schema: Any, source: str, indent: int) -> None:
         """Emit lines appending the encoding of the local ``source`` (of ``schema``) to ``out``."""
@@ -998,7 +998,10 @@ class _WriterCompiler:
                 self.emit(indent, f"{encoded} = {source}.encode()")
             else:
                 self.check(indent, source, "bytes")
-            self.emit(indent, f"out += _zigzag(len({encoded}))")
+            # Lengths below 64 take one byte: index it instead of calling _zigzag (most strings are short).
+            size = self.var("n")
+            self.emit(indent, f"{size} = len({encoded})")
+            self.emit(indent, f"out += _ZIGZAG_BYTES[{size} << 1] if {size} < 64 else _zigzag({size})")
             self.emit(indent, f"out += {encoded}")
 
     def union(self, branches: list[Any], source: str, indent: int) -> None:
@@ -1037,6 +1040,7 @@ def compile_writer(schema: Any, label: str = "record") -> Callable[[Any], bytes]
     )
     namespace: dict[str, Any] = {
         "_zigzag": _zigzag,
+        "_ZIGZAG_BYTES": _ZIGZAG_BYTES,
         "_pack_float": struct.Struct("<f").pack,
         "_pack_double": struct.Struct("<d").pack,
         "_NotCanonical": _NotCanonical,

@@ -7,12 +7,14 @@ verbatim inside aggregate snapshots (the idempotency window), so re-sending one 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from functools import lru_cache
 from typing import Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 Status = Literal["accepted", "rejected"]
 
@@ -77,3 +79,54 @@ class CommandResult(BaseModel):
         if self.reason:
             out.append((HEADER_REASON, self.reason.encode()))
         return out
+
+
+_DATETIME_JSON = TypeAdapter(datetime).dump_json
+ACCEPTED_HEADERS: list[tuple[str, bytes]] = [
+    ("content-type", RESULT_CONTENT_TYPE.encode()),
+    (HEADER_STATUS, b"accepted"),
+]
+"""The headers :meth:`CommandResult.headers` gives an accepted result."""
+
+
+@lru_cache(maxsize=4096)
+def _json_str(value: str) -> bytes:
+    # Topic, type and aggregate-type names recur on every result: quote each once.
+    return json.dumps(value, ensure_ascii=False).encode()
+
+
+def accepted_json(
+    *,
+    command_id: str,
+    aggregate_type: str,
+    aggregate_id: str,
+    version: int,
+    events: Sequence[tuple[str, str, int, str, int, int]],
+    correlation_id: str | None,
+    processed_at: datetime,
+) -> bytes:
+    """The bytes ``CommandResult(status="accepted", ...).to_bytes()`` writes, without building the models.
+
+    The processor answers every accepted command; building the result and event-ref models only to dump
+    them again cost more than deciding the command. ``command_id``, ``correlation_id`` and each event id
+    are UUID strings in canonical form; ``events`` holds (event_id, type, aggregate_version, topic,
+    partition, offset) per appended event. A unit test keeps the bytes equal to the model's.
+    """
+    out = [
+        b'{"command_id":"', command_id.encode(), b'","status":"accepted","aggregate_type":',
+        _json_str(aggregate_type), b',"aggregate_id":', json.dumps(aggregate_id, ensure_ascii=False).encode(),
+        b',"version":', str(version).encode(),
+    ]  # fmt: skip
+    if events:
+        refs = []
+        for event_id, type_name, aggregate_version, topic, partition, offset in events:
+            refs.append(
+                b'{"event_id":"%s","type":%s,"aggregate_version":%d,"topic":%s,"partition":%d,"offset":%d}'
+                % (event_id.encode(), _json_str(type_name), aggregate_version, _json_str(topic), partition,
+                   offset)
+            )  # fmt: skip
+        out += [b',"events":[', b",".join(refs), b"]"]
+    if correlation_id is not None:
+        out += [b',"correlation_id":"', correlation_id.encode(), b'"']
+    out += [b',"processed_at":', _DATETIME_JSON(processed_at), b"}"]
+    return b"".join(out)

@@ -91,3 +91,11 @@ def test_snapshot_without_lengths_still_reads() -> None:
     assert b"lens" not in legacy
     back = AggregateRecord.from_snapshot(ACCOUNT, legacy).recent[0][1].data
     assert back is not None and CommandResult.from_bytes(back) == tricky
+
+
+@pytest.mark.parametrize("aggregate_id", ["plain-id_1.x:y", 'quote " and \\ slash', "ünïcode\n"])
+def test_snapshot_head_escapes_what_needs_escaping(aggregate_id: str) -> None:
+    record = AggregateRecord(aggregate_id, 3, None, 9, ((C1, result(3, C1)),))
+    back = AggregateRecord.from_snapshot(ACCOUNT, record.to_snapshot(ACCOUNT))
+    assert (back.aggregate_id, back.version, back.last_event_offset) == (aggregate_id, 3, 9)
+    assert [cid for cid, _ in back.recent] == [C1]
