@@ -152,7 +152,7 @@ class _Accepted:
 class _Pending:
     """One command's answer, produced after the batch's events have offsets."""
 
-    command_id: uuid.UUID
+    command_id: str
     slot: ResultSlot
     result: CommandResult | _Accepted | None
     """None for a duplicate: the slot already holds (or will hold) the stored result."""
@@ -500,7 +500,7 @@ class Processor:
         command_id = str(meta.command_id)
         stored = record.find(command_id)
         if stored is not None:
-            batch.pending.append(_Pending(meta.command_id, stored, None))
+            batch.pending.append(_Pending(command_id, stored, None))
             batch.counts[(aggregate.aggregate_type, "duplicate", "")] += 1
             return
         try:
@@ -530,7 +530,7 @@ class Processor:
                 correlation_id=meta.correlation_id,
                 processed_at=now,
             )
-            batch.pending.append(_Pending(meta.command_id, slot, result))
+            batch.pending.append(_Pending(command_id, slot, result))
             batch.records[key] = record.remember(command_id, slot, self.settings.idempotency_window)
             batch.counts[(aggregate.aggregate_type, "rejected", decision.code)] += 1
             return
@@ -544,7 +544,7 @@ class Processor:
             processed_at=now,
             key=key,
         )
-        pending = _Pending(meta.command_id, slot, accepted)
+        pending = _Pending(command_id, slot, accepted)
         events_topic = self.topics.events(aggregate.aggregate_type)
         producer = self._require_producer()
         # Encode every event before producing any: a command is appended whole or not at all.
@@ -651,7 +651,7 @@ class Processor:
                 producer,
                 self.topics.results,
                 pending.slot.data,
-                str(pending.command_id).encode(),
+                pending.command_id.encode(),
                 None,
                 headers,
             )
@@ -719,7 +719,7 @@ class Processor:
             correlation_id=correlation_id,
             processed_at=self.clock(),
         )
-        batch.pending.append(_Pending(command_id, ResultSlot(), result))
+        batch.pending.append(_Pending(str(command_id), ResultSlot(), result))
 
     def _readable_ids(
         self, message: Message, envelope: CommandEnvelope | None
