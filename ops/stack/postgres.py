@@ -157,7 +157,9 @@ class PostgresServer:
 
     def pid(self) -> int | None:
         """Pid of the postmaster of this cluster, if it is alive."""
-        return proc.pid_alive_and_ours(self.paths.pid_file, str(self.paths.data))
+        # The socket option, not ``-D <data>``: `pg_ctl restart` passes the data directory in PGDATA, so
+        # a restarted postmaster's command line has no -D, and a -D marker lost it (an orphan after reset).
+        return proc.pid_alive_and_ours(self.paths.pid_file, f"unix_socket_directories={self.paths.root} ")
 
     def start(self, timeout_s: float) -> None:
         """Start the server with pg_ctl and wait until it accepts connections."""

@@ -32,3 +32,6 @@ def test_rows_survive_pg_ctl_restart(services: Services, pg_schema: str) -> None
         uptime = conn.execute(sa.text("SELECT now() - pg_postmaster_start_time()")).scalar_one()
     assert uptime.total_seconds() < 60, "the server was not actually restarted"
     engine.dispose()
+    # The stack must still recognise its restarted postmaster, or `stack down`/reset would leave it running
+    # (pg_ctl restart starts it without -D on its command line).
+    assert services.stack.postgres.pid() is not None, "the restarted server is no longer the stack's"
