@@ -73,7 +73,7 @@ from esflow.settings import KafkaSettings, ProcessorSettings, TopicSettings
 from processors.metrics import Metrics
 from processors.partitioning import partition_for
 from processors.restore import restore_partition
-from processors.state import HEADER_EVENTS_UNTIL, AggregateRecord, PartitionCache, ResultSlot
+from processors.state import HEADER_EVENTS_UNTIL, AggregateRecord, PartitionCache, ResultSlot, compact_entry
 
 log = logging.getLogger("esflow.processor")
 
@@ -627,18 +627,22 @@ class Processor:
             if type(result) is _Accepted:
                 if result.refs:
                     last_offsets[result.key] = max(r[5] for r in result.refs)
-                pending.slot.data = rc.accepted_json(
-                    command_id=result.command_id,
-                    aggregate_type=result.aggregate_type,
-                    aggregate_id=result.aggregate_id,
-                    version=result.version,
-                    events=result.refs,  # type: ignore[arg-type]  # every offset is set by now
-                    correlation_id=result.correlation_id,
-                    processed_at=result.processed_at,
+                at = rc.datetime_json(result.processed_at)
+                pending.slot.fill(
+                    rc.accepted_json(
+                        command_id=result.command_id,
+                        aggregate_type=result.aggregate_type,
+                        aggregate_id=result.aggregate_id,
+                        version=result.version,
+                        events=result.refs,  # type: ignore[arg-type]  # every offset is set by now
+                        correlation_id=result.correlation_id,
+                        processed_at=at,
+                    ),
+                    compact_entry(result.command_id, result.version, result.correlation_id, at, result.refs),
                 )
                 headers = rc.ACCEPTED_HEADERS
             elif isinstance(result, CommandResult):
-                pending.slot.data = result.to_bytes()
+                pending.slot.fill(result.to_bytes())
                 headers = result.headers()
             else:
                 headers = [
@@ -668,7 +672,7 @@ class Processor:
             self._produce(
                 producer,
                 self.topics.snapshots(aggregate.aggregate_type),
-                record.to_snapshot(aggregate),
+                record.to_snapshot(aggregate, self.topics.events(aggregate.aggregate_type), partition),
                 aggregate_id.encode(),
                 partition,
                 [(HEADER_EVENTS_UNTIL, str(batch.events_until[(topic, partition)]).encode())],

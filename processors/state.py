@@ -6,9 +6,17 @@ batch leaves the cache exactly as the last committed transaction left it.
 
 Snapshot value (JSON, one per aggregate, compacted topic keyed by aggregate id)::
 
-    {"f": 1, "type": "order", "id": "<uuid>", "version": 5, "last_event_offset": 812,
+    {"f": 2, "type": "order", "id": "<uuid>", "version": 5, "last_event_offset": 812,
+     "events": ["<events topic>", <partition>], "lens": [<byte length of each recent entry>, ...],
      "state": {...the aggregate's state model...} | null,
-     "recent": [<CommandResult JSON>, ...]}      # the idempotency window, oldest first
+     "recent": [<entry>, ...]}      # the idempotency window, oldest first
+
+An entry is a rejected command's ``CommandResult`` JSON, or an accepted command's result in compact
+form, ``["a", command_id, version, correlation_id | null, processed_at, [[event_id, type,
+aggregate_version, offset], ...]]``: everything else an accepted result says (type, id, events topic,
+partition) is the snapshot's own. The full JSON is rebuilt only when a duplicate asks for it. With a
+full window of 32 this halves what every command writes to the snapshot topic. Format 1 (every entry
+full JSON, no "events") is still read.
 
 Every snapshot also carries the header ``esflow-events-until``: the highest event offset the processor
 had written to the co-partitioned event partition when it wrote the snapshot. Restore reads the whole
@@ -28,7 +36,8 @@ from typing import Any
 from esflow.domain.aggregates import Aggregate
 from esflow.errors import RestoreError
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
+_READABLE_FORMATS = (1, 2)
 HEADER_EVENTS_UNTIL = "esflow-events-until"
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_.:-]*")
 
@@ -39,12 +48,77 @@ def _json_str(value: str) -> str:
 
 
 class ResultSlot:
-    """A command result's bytes; filled in after the batch's events have offsets."""
+    """A command result: its JSON (as ``command-results`` holds it) and its snapshot entry.
 
-    __slots__ = ("data",)
+    The processor fills both in after the batch's events have offsets. A slot read from a snapshot holds
+    only the entry; the JSON of a compact (accepted) entry is rebuilt on first use.
+    """
 
-    def __init__(self, data: bytes | None = None) -> None:
-        self.data = data
+    __slots__ = ("_context", "_data", "_entry")
+
+    def __init__(
+        self,
+        data: bytes | None = None,
+        entry: bytes | None = None,
+        context: tuple[str, str, str, int] | None = None,
+    ) -> None:
+        self._data = data
+        self._entry = entry
+        self._context = context
+        """(aggregate type, aggregate id, events topic, partition) of a compact entry."""
+
+    @property
+    def data(self) -> bytes | None:
+        """The result's JSON (None until the batch fills it in)."""
+        if self._data is None and self._entry is not None and self._context is not None:
+            self._data = _expand(self._entry, self._context)
+        return self._data
+
+    def fill(self, data: bytes, entry: bytes | None = None) -> None:
+        """Set the result's JSON and, when it has a compact form, that form."""
+        self._data = data
+        self._entry = entry
+
+    @property
+    def entry(self) -> bytes | None:
+        """What the snapshot's window holds for this result."""
+        return self._entry if self._entry is not None else self._data
+
+
+def compact_entry(
+    command_id: str,
+    version: int,
+    correlation_id: str | None,
+    processed_at: bytes,
+    events: list[list[Any]],
+) -> bytes:
+    """The snapshot entry of an accepted result; ``processed_at`` is its JSON string, ``events`` the refs.
+
+    ``events`` holds [event_id, type, aggregate_version, topic, partition, offset] per event; topic and
+    partition are the snapshot's and are left out.
+    """
+    refs = b",".join(
+        [b'["%s",%s,%d,%d]' % (e[0].encode(), _json_str(e[1]).encode(), e[2], e[5]) for e in events]
+    )
+    corr = b"null" if correlation_id is None else b'"' + correlation_id.encode() + b'"'
+    return b'["a","%s",%d,%s,%s,[%s]]' % (command_id.encode(), version, corr, processed_at, refs)
+
+
+def _expand(entry: bytes, context: tuple[str, str, str, int]) -> bytes:
+    """The result JSON of a compact entry."""
+    from esflow.messaging.results import accepted_json
+
+    aggregate_type, aggregate_id, topic, partition = context
+    _tag, command_id, version, correlation_id, processed_at, refs = json.loads(entry)
+    return accepted_json(
+        command_id=command_id,
+        aggregate_type=aggregate_type,
+        aggregate_id=aggregate_id,
+        version=version,
+        events=[(e, t, v, topic, partition, o) for e, t, v, o in refs],
+        correlation_id=correlation_id,
+        processed_at=json.dumps(processed_at).encode(),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,26 +145,26 @@ class AggregateRecord:
             recent = recent[-window:]
         return AggregateRecord(self.aggregate_id, self.version, self.state, self.last_event_offset, recent)
 
-    def to_snapshot(self, aggregate: Aggregate[Any]) -> bytes:
-        """The snapshot value (every result slot must be filled)."""
+    def to_snapshot(self, aggregate: Aggregate[Any], events_topic: str, partition: int) -> bytes:
+        """The snapshot value (every result slot must be filled); events go to ``events_topic[partition]``."""
         state = b"null" if self.state is None else self.state.model_dump_json().encode()
-        datas = [slot.data or b"null" for _, slot in self.recent]
-        results = b",".join(datas)
-        # Byte lengths of the results at the end: restore slices them out instead of re-encoding.
-        lens = ",".join([str(len(d)) for d in datas])
+        entries = [slot.entry or b"null" for _, slot in self.recent]
+        # Byte lengths of the entries at the end: restore slices them out instead of re-encoding.
+        lens = ",".join([str(len(d)) for d in entries])
         head = (
             f'{{"f":{SNAPSHOT_FORMAT},"type":{_json_str(aggregate.aggregate_type)},'
             f'"id":{_json_str(self.aggregate_id)},"version":{self.version:d},'
-            f'"last_event_offset":{self.last_event_offset:d},"lens":[{lens}]'
+            f'"last_event_offset":{self.last_event_offset:d},'
+            f'"events":[{_json_str(events_topic)},{partition:d}],"lens":[{lens}],"state":'
         ).encode()
-        return head + b',"state":' + state + b',"recent":[' + results + b"]}"
+        return b"".join([head, state, b',"recent":[', b",".join(entries), b"]}"])
 
     @classmethod
     def from_snapshot(cls, aggregate: Aggregate[Any], data: bytes) -> AggregateRecord:
         """Parse a snapshot value written by :meth:`to_snapshot`."""
         try:
             doc = json.loads(data)
-            if doc.get("f") != SNAPSHOT_FORMAT or doc.get("type") != aggregate.aggregate_type:
+            if doc.get("f") not in _READABLE_FORMATS or doc.get("type") != aggregate.aggregate_type:
                 raise ValueError(f"snapshot format {doc.get('f')!r} of type {doc.get('type')!r}")
             raw_state = doc["state"]
             state = None if raw_state is None else aggregate.state_type.model_validate(raw_state)
@@ -105,11 +179,22 @@ class AggregateRecord:
                     pos += n + 1
             else:
                 raws = [json.dumps(r, separators=(",", ":")).encode() for r in results]
-            recent = tuple(
-                (str(r["command_id"]), ResultSlot(raw)) for r, raw in zip(results, raws, strict=True)
-            )
+            aggregate_id = str(doc["id"])
+            context: tuple[str, str, str, int] | None = None
+            if "events" in doc:
+                topic, partition = doc["events"]
+                context = (aggregate.aggregate_type, aggregate_id, str(topic), int(partition))
+            recent_list: list[tuple[str, ResultSlot]] = []
+            for r, raw in zip(results, raws, strict=True):
+                if isinstance(r, list):  # compact accepted entry
+                    if r[0] != "a" or context is None:
+                        raise ValueError(f"unknown window entry {r[0]!r}")
+                    recent_list.append((str(r[1]), ResultSlot(entry=raw, context=context)))
+                else:
+                    recent_list.append((str(r["command_id"]), ResultSlot(raw)))
+            recent = tuple(recent_list)
             return cls(
-                aggregate_id=str(doc["id"]),
+                aggregate_id=aggregate_id,
                 version=int(doc["version"]),
                 state=state,
                 last_event_offset=int(doc["last_event_offset"]),

@@ -82,6 +82,13 @@ class CommandResult(BaseModel):
 
 
 _DATETIME_JSON = TypeAdapter(datetime).dump_json
+
+
+def datetime_json(moment: datetime) -> bytes:
+    """A datetime as a JSON string, exactly as the result models write it."""
+    return _DATETIME_JSON(moment)
+
+
 ACCEPTED_HEADERS: list[tuple[str, bytes]] = [
     ("content-type", RESULT_CONTENT_TYPE.encode()),
     (HEADER_STATUS, b"accepted"),
@@ -103,14 +110,15 @@ def accepted_json(
     version: int,
     events: Sequence[tuple[str, str, int, str, int, int]],
     correlation_id: str | None,
-    processed_at: datetime,
+    processed_at: datetime | bytes,
 ) -> bytes:
     """The bytes ``CommandResult(status="accepted", ...).to_bytes()`` writes, without building the models.
 
     The processor answers every accepted command; building the result and event-ref models only to dump
     them again cost more than deciding the command. ``command_id``, ``correlation_id`` and each event id
     are UUID strings in canonical form; ``events`` holds (event_id, type, aggregate_version, topic,
-    partition, offset) per appended event. A unit test keeps the bytes equal to the model's.
+    partition, offset) per appended event; ``processed_at`` may be given as :func:`datetime_json` bytes.
+    A unit test keeps the bytes equal to the model's.
     """
     out = [
         b'{"command_id":"', command_id.encode(), b'","status":"accepted","aggregate_type":',
@@ -128,5 +136,6 @@ def accepted_json(
         out += [b',"events":[', b",".join(refs), b"]"]
     if correlation_id is not None:
         out += [b',"correlation_id":"', correlation_id.encode(), b'"']
-    out += [b',"processed_at":', _DATETIME_JSON(processed_at), b"}"]
+    at = processed_at if isinstance(processed_at, bytes) else _DATETIME_JSON(processed_at)
+    out += [b',"processed_at":', at, b"}"]
     return b"".join(out)
