@@ -7,9 +7,9 @@ Per batch (the first command within ``batch_max_ms``, then up to ``batch_max_com
 
     begin_transaction
       per command: decode -> idempotency window -> execute(decide) -> produce events (explicit partition)
-      send_offsets_to_transaction(offsets after the batch, consumer_group_metadata())
       flush                              # the events now have offsets, which the results name
       produce results (command-results), one snapshot per touched aggregate, dead letters
+      send_offsets_to_transaction(offsets after the batch, consumer_group_metadata())
     commit_transaction                   # then, and only then, the new records replace the cached ones
 
 Fencing follows KIP-447 (confluent-kafka-python ``examples/eos_transactions.py``): the group metadata
@@ -358,15 +358,13 @@ class Processor:
                 batch.offsets[(topic, partition)] = offset + 1
                 batch.size += 1
                 self._handle(message, batch)
-            # The offsets go first: their round trips to the group coordinator overlap the events'
-            # delivery, which the flush below then mostly finds done. Order inside a transaction is free.
-            offsets = [TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()]
-            producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
             # Wait for the events' delivery reports: the results name their offsets.
             self._flush(producer)
             if batch.delivery_error is not None:
                 raise KafkaException(batch.delivery_error)
             self._produce_answers(batch)
+            offsets = [TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()]
+            producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
             self._commit(producer)
         except KafkaException as exc:
             self._abort(exc)
