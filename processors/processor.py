@@ -46,6 +46,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from esflow import gctune
 from esflow.domain.aggregates import AGGREGATES, Aggregate, Rejection, execute
 from esflow.domain.messages import CommandEnvelope
 from esflow.errors import (
@@ -339,6 +340,10 @@ class Processor:
 
     def process(self, messages: Sequence[Message]) -> None:
         """Handle ``messages`` in one Kafka transaction; abort and rewind on any Kafka error."""
+        with gctune.paused():
+            self._process(messages)
+
+    def _process(self, messages: Sequence[Message]) -> None:
         producer = self._require_producer()
         consumer = self._require_consumer()
         started = time.perf_counter()

@@ -28,7 +28,6 @@ was lost.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -39,12 +38,14 @@ from esflow.errors import RestoreError
 SNAPSHOT_FORMAT = 2
 _READABLE_FORMATS = (1, 2)
 HEADER_EVENTS_UNTIL = "esflow-events-until"
-_IDENTIFIER = re.compile(r"[A-Za-z0-9_.:-]*")
 
 
 def _json_str(value: str) -> str:
-    # Aggregate ids are UUIDs and types are names: nothing to escape, so skip json.dumps for them.
-    return f'"{value}"' if _IDENTIFIER.fullmatch(value) else json.dumps(value)
+    # Aggregate ids are UUIDs and types are names: nothing to escape, so skip json.dumps for them. Printable
+    # ASCII needs escaping only for the quote and the backslash (string methods: cheaper than a regex).
+    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    return json.dumps(value)
 
 
 class ResultSlot:

@@ -12,6 +12,8 @@ everything created at start-up (modules, schemas, compiled codecs) out of the co
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 YOUNG_THRESHOLD = 50_000
 """Allocations (net of deallocations) between collections of the youngest generation (CPython: 700)."""
@@ -23,3 +25,22 @@ def tune_for_throughput(young_threshold: int = YOUNG_THRESHOLD) -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(young_threshold, middle, old)
+
+
+@contextmanager
+def paused() -> Iterator[None]:
+    """No automatic collection inside the block: for a batch whose objects all die when it ends.
+
+    A batch keeps its messages, models and records alive until it ends, so a collection that falls
+    inside it traverses tens of thousands of objects only to find them all reachable (46 ms a pass in the
+    command processor, 3-4% of its time). Deallocations count down the collector's young-generation
+    counter, so once the batch's objects are freed the counter is back near what survived, and
+    collection resumes where it left off: cycles are still collected, between batches.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
