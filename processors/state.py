@@ -55,7 +55,7 @@ class ResultSlot:
     only the entry; the JSON of a compact (accepted) entry is rebuilt on first use.
     """
 
-    __slots__ = ("_context", "_data", "_entry")
+    __slots__ = ("_context", "_data", "entry")
 
     def __init__(
         self,
@@ -64,26 +64,22 @@ class ResultSlot:
         context: tuple[str, str, str, int] | None = None,
     ) -> None:
         self._data = data
-        self._entry = entry
+        self.entry = entry if entry is not None else data
+        """What the snapshot's window holds for this result (a plain attribute: read 32 times a snapshot)."""
         self._context = context
         """(aggregate type, aggregate id, events topic, partition) of a compact entry."""
 
     @property
     def data(self) -> bytes | None:
         """The result's JSON (None until the batch fills it in)."""
-        if self._data is None and self._entry is not None and self._context is not None:
-            self._data = _expand(self._entry, self._context)
+        if self._data is None and self.entry is not None and self._context is not None:
+            self._data = _expand(self.entry, self._context)
         return self._data
 
     def fill(self, data: bytes, entry: bytes | None = None) -> None:
         """Set the result's JSON and, when it has a compact form, that form."""
         self._data = data
-        self._entry = entry
-
-    @property
-    def entry(self) -> bytes | None:
-        """What the snapshot's window holds for this result."""
-        return self._entry if self._entry is not None else self._data
+        self.entry = entry if entry is not None else data
 
 
 def compact_entry(

@@ -102,6 +102,13 @@ def _json_str(value: str) -> bytes:
     return json.dumps(value, ensure_ascii=False).encode()
 
 
+def _json_text(value: str) -> bytes:
+    # Aggregate ids differ on every result and are plain text: json.dumps only when something needs escaping.
+    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return b'"' + value.encode() + b'"'
+    return json.dumps(value, ensure_ascii=False).encode()
+
+
 def accepted_json(
     *,
     command_id: str,
@@ -122,7 +129,7 @@ def accepted_json(
     """
     out = [
         b'{"command_id":"', command_id.encode(), b'","status":"accepted","aggregate_type":',
-        _json_str(aggregate_type), b',"aggregate_id":', json.dumps(aggregate_id, ensure_ascii=False).encode(),
+        _json_str(aggregate_type), b',"aggregate_id":', _json_text(aggregate_id),
         b',"version":', str(version).encode(),
     ]  # fmt: skip
     if events:
