@@ -34,18 +34,11 @@ from typing import Any
 
 from esflow.domain.aggregates import Aggregate
 from esflow.errors import RestoreError
+from esflow.messaging.results import accepted_json, json_string
 
 SNAPSHOT_FORMAT = 2
 _READABLE_FORMATS = (1, 2)
 HEADER_EVENTS_UNTIL = "esflow-events-until"
-
-
-def _json_str(value: str) -> str:
-    # Aggregate ids are UUIDs and types are names: nothing to escape, so skip json.dumps for them. Printable
-    # ASCII needs escaping only for the quote and the backslash (string methods: cheaper than a regex).
-    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
-        return f'"{value}"'
-    return json.dumps(value)
 
 
 class ResultSlot:
@@ -94,17 +87,13 @@ def compact_entry(
     ``events`` holds [event_id, type, aggregate_version, topic, partition, offset] per event; topic and
     partition are the snapshot's and are left out.
     """
-    refs = b",".join(
-        [b'["%s",%s,%d,%d]' % (e[0].encode(), _json_str(e[1]).encode(), e[2], e[5]) for e in events]
-    )
+    refs = b",".join([b'["%s",%s,%d,%d]' % (e[0].encode(), json_string(e[1]), e[2], e[5]) for e in events])
     corr = b"null" if correlation_id is None else b'"' + correlation_id.encode() + b'"'
     return b'["a","%s",%d,%s,%s,[%s]]' % (command_id.encode(), version, corr, processed_at, refs)
 
 
 def _expand(entry: bytes, context: tuple[str, str, str, int]) -> bytes:
     """The result JSON of a compact entry."""
-    from esflow.messaging.results import accepted_json
-
     aggregate_type, aggregate_id, topic, partition = context
     _tag, command_id, version, correlation_id, processed_at, refs = json.loads(entry)
     return accepted_json(
@@ -147,13 +136,14 @@ class AggregateRecord:
         state = b"null" if self.state is None else self.state.model_dump_json().encode()
         entries = [slot.entry or b"null" for _, slot in self.recent]
         # Byte lengths of the entries at the end: restore slices them out instead of re-encoding.
-        lens = ",".join([str(len(d)) for d in entries])
+        lens = b",".join([b"%d" % len(d) for d in entries])
         head = (
-            f'{{"f":{SNAPSHOT_FORMAT},"type":{_json_str(aggregate.aggregate_type)},'
-            f'"id":{_json_str(self.aggregate_id)},"version":{self.version:d},'
-            f'"last_event_offset":{self.last_event_offset:d},'
-            f'"events":[{_json_str(events_topic)},{partition:d}],"lens":[{lens}],"state":'
-        ).encode()
+            b'{"f":%d,"type":%s,"id":%s,"version":%d,"last_event_offset":%d,'
+            b'"events":[%s,%d],"lens":[%s],"state":'
+        ) % (
+            SNAPSHOT_FORMAT, json_string(aggregate.aggregate_type), json_string(self.aggregate_id),
+            self.version, self.last_event_offset, json_string(events_topic), partition, lens,
+        )  # fmt: skip
         return b"".join([head, state, b',"recent":[', b",".join(entries), b"]}"])
 
     @classmethod

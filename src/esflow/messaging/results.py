@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from functools import lru_cache
 from typing import Literal
 from uuid import UUID
 
@@ -96,14 +95,12 @@ ACCEPTED_HEADERS: list[tuple[str, bytes]] = [
 """The headers :meth:`CommandResult.headers` gives an accepted result."""
 
 
-@lru_cache(maxsize=4096)
-def _json_str(value: str) -> bytes:
-    # Topic, type and aggregate-type names recur on every result: quote each once.
-    return json.dumps(value, ensure_ascii=False).encode()
+def json_string(value: str) -> bytes:
+    """``value`` as a JSON string, as pydantic writes it (UTF-8, non-ASCII characters not escaped).
 
-
-def _json_text(value: str) -> bytes:
-    # Aggregate ids differ on every result and are plain text: json.dumps only when something needs escaping.
+    Ids and names are printable ASCII, which needs escaping only for the quote and the backslash: a few
+    string checks instead of ``json.dumps`` on the hot path (results and snapshots, per command).
+    """
     if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
         return b'"' + value.encode() + b'"'
     return json.dumps(value, ensure_ascii=False).encode()
@@ -129,7 +126,7 @@ def accepted_json(
     """
     out = [
         b'{"command_id":"', command_id.encode(), b'","status":"accepted","aggregate_type":',
-        _json_str(aggregate_type), b',"aggregate_id":', _json_text(aggregate_id),
+        json_string(aggregate_type), b',"aggregate_id":', json_string(aggregate_id),
         b',"version":', str(version).encode(),
     ]  # fmt: skip
     if events:
@@ -137,8 +134,8 @@ def accepted_json(
         for event_id, type_name, aggregate_version, topic, partition, offset in events:
             refs.append(
                 b'{"event_id":"%s","type":%s,"aggregate_version":%d,"topic":%s,"partition":%d,"offset":%d}'
-                % (event_id.encode(), _json_str(type_name), aggregate_version, _json_str(topic), partition,
-                   offset)
+                % (event_id.encode(), json_string(type_name), aggregate_version, json_string(topic),
+                   partition, offset)
             )  # fmt: skip
         out += [b',"events":[', b",".join(refs), b"]"]
     if correlation_id is not None:
