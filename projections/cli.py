@@ -30,7 +30,7 @@ import click
 import sqlalchemy as sa
 
 from esflow import gctune
-from esflow.errors import EsflowError, translate
+from esflow.errors import EsflowError, translated
 from esflow.readmodel import versions
 from esflow.readmodel.applier import is_transient
 from esflow.readmodel.migrations import MIGRATIONS, applied_versions
@@ -55,12 +55,8 @@ def _read(settings: Settings, context: str, read: Callable[[sa.Connection], T]) 
     """Run ``read`` on a connection to the base schema; driver errors become one-line esflow errors."""
     engine = _engine(settings)
     try:
-        with engine.connect() as conn:
+        with translated(context), engine.connect() as conn:
             return read(conn)
-    except EsflowError:
-        raise
-    except Exception as exc:
-        raise translate(exc, context=context) from exc
     finally:
         engine.dispose()
 

@@ -9,6 +9,9 @@ This module imports no driver: translation looks at the exception's module, whic
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class EsflowError(Exception):
     """Root of every error esflow raises on purpose.
@@ -229,3 +232,14 @@ def translate(exc: BaseException, *, context: str = "") -> EsflowError:
             )
         return DatabaseError(f"{prefix}{detail}")
     return EsflowError(f"{prefix}{type(exc).__name__}: {exc}")
+
+
+@contextmanager
+def translated(context: str) -> Iterator[None]:
+    """Let esflow's own errors through and raise driver exceptions as their :func:`translate`."""
+    try:
+        yield
+    except EsflowError:
+        raise
+    except Exception as exc:
+        raise translate(exc, context=context) from exc

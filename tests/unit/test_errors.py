@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import psycopg
+import pytest
 import sqlalchemy as sa
 from confluent_kafka import KafkaError, KafkaException
 
@@ -12,6 +13,7 @@ from esflow.errors import (
     KafkaOperationError,
     StackError,
     translate,
+    translated,
 )
 
 
@@ -49,3 +51,17 @@ def test_esflow_errors_pass_through_and_unknown_errors_are_wrapped() -> None:
     wrapped = translate(ValueError("odd"))
     assert type(wrapped) is EsflowError
     assert wrapped.message == "ValueError: odd"
+
+
+def test_translated_block_converts_driver_errors_and_passes_esflow_errors() -> None:
+    own = StackError("ours")
+    with pytest.raises(StackError) as caught, translated("doing it"):
+        raise own
+    assert caught.value is own and caught.value.__cause__ is None
+    outage = sa.exc.OperationalError("SELECT 1", {}, psycopg.OperationalError("connection refused"))
+    with (
+        pytest.raises(DatabaseUnavailable, match=r"^doing it: PostgreSQL is not reachable") as db,
+        translated("doing it"),
+    ):
+        raise outage
+    assert db.value.__cause__ is outage

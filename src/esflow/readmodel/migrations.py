@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from esflow.errors import MigrationError, translate
+from esflow.errors import MigrationError, translated
 
 
 @dataclass(frozen=True)
@@ -346,37 +346,31 @@ def migrate(
     if goal > newest:
         raise MigrationError(f"no migration {goal}: the newest this esflow knows is {newest}")
     applied: list[Migration] = []
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-            conn.commit()
-            for migration in migrations:
-                if migration.version > goal:
-                    break
-                with conn.begin():
-                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(schema)})
-                    conn.execute(sa.text(_LEDGER))
-                    done = applied_versions(conn)
-                    unknown = [v for v in done if v > newest]
-                    if unknown:
-                        raise MigrationError(
-                            f"schema {schema} is at version {max(unknown)}, newer than this esflow "
-                            f"({newest})",
-                            hint="run the newer esflow, or restore the database",
-                        )
-                    if migration.version in done:
-                        continue
-                    for statement in migration.statements:
-                        conn.execute(sa.text(statement))
-                    conn.execute(
-                        sa.text("INSERT INTO esflow_migrations (version, name) VALUES (:v, :n)"),
-                        {"v": migration.version, "n": migration.name},
+    with translated(f"migrating schema {schema}"), engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        conn.commit()
+        for migration in migrations:
+            if migration.version > goal:
+                break
+            with conn.begin():
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(schema)})
+                conn.execute(sa.text(_LEDGER))
+                done = applied_versions(conn)
+                unknown = [v for v in done if v > newest]
+                if unknown:
+                    raise MigrationError(
+                        f"schema {schema} is at version {max(unknown)}, newer than this esflow ({newest})",
+                        hint="run the newer esflow, or restore the database",
                     )
-                applied.append(migration)
-    except MigrationError:
-        raise
-    except Exception as exc:
-        raise translate(exc, context=f"migrating schema {schema}") from exc
+                if migration.version in done:
+                    continue
+                for statement in migration.statements:
+                    conn.execute(sa.text(statement))
+                conn.execute(
+                    sa.text("INSERT INTO esflow_migrations (version, name) VALUES (:v, :n)"),
+                    {"v": migration.version, "n": migration.name},
+                )
+            applied.append(migration)
     return applied
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from esflow.errors import EsflowError, translate
+from esflow.errors import EsflowError, translated
 from esflow.readmodel.contract import VIEWS, View
 from esflow.readmodel.migrations import create_schema, migrate
 from esflow.readmodel.projection import TP, Projection
@@ -178,7 +178,7 @@ def install(engine: sa.Engine, layout: Layout, projections: Sequence[Projection[
     projection that has no version yet a live version 1. Returns what it did, one line each.
     """
     done = [f"migration {m.version:04d} {m.name}" for m in migrate(engine, layout.base)]
-    try:
+    with translated(f"installing the read models in {layout.base}"):
         with engine.begin() as conn:
             _lock(conn, layout)
             conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {_q(layout.bi)}"))
@@ -212,10 +212,6 @@ def install(engine: sa.Engine, layout: Layout, projections: Sequence[Projection[
                 )
                 _point_views(conn, layout, projection, schema)
                 done.append(f"projection {projection} v1 (code version {code_version}) in {schema}, live")
-    except EsflowError:
-        raise
-    except Exception as exc:
-        raise translate(exc, context=f"installing the read models in {layout.base}") from exc
     return done
 
 
@@ -224,28 +220,23 @@ def grant_bi(engine: sa.Engine, layout: Layout, role: str, *, password: str | No
     if not _NAME.match(role):
         raise VersionError(f"invalid role name {role!r}", hint="lowercase letters, digits and _")
     done = []
-    try:
-        with engine.begin() as conn:
-            if not conn.execute(
-                sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": layout.reader_role}
-            ).first():
+    with translated(f"granting BI access to {role}"), engine.begin() as conn:
+        if not conn.execute(
+            sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": layout.reader_role}
+        ).first():
+            raise VersionError(
+                f"role {layout.reader_role} does not exist", hint="run `esflow db migrate` first"
+            )
+        if not conn.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).first():
+            if password is None:
                 raise VersionError(
-                    f"role {layout.reader_role} does not exist", hint="run `esflow db migrate` first"
+                    f"role {role} does not exist", hint="pass --password to create it as a login role"
                 )
-            if not conn.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).first():
-                if password is None:
-                    raise VersionError(
-                        f"role {role} does not exist", hint="pass --password to create it as a login role"
-                    )
-                conn.execute(sa.text(f"CREATE ROLE {_q(role)} LOGIN PASSWORD '{_literal(password)}'"))
-                conn.execute(sa.text(f"ALTER ROLE {_q(role)} SET search_path TO {_q(layout.bi)}"))
-                done.append(f"created login role {role} (search_path {layout.bi})")
-            conn.execute(sa.text(f"GRANT {_q(layout.reader_role)} TO {_q(role)}"))
-            done.append(f"granted {layout.reader_role} to {role}")
-    except EsflowError:
-        raise
-    except Exception as exc:
-        raise translate(exc, context=f"granting BI access to {role}") from exc
+            conn.execute(sa.text(f"CREATE ROLE {_q(role)} LOGIN PASSWORD '{_literal(password)}'"))
+            conn.execute(sa.text(f"ALTER ROLE {_q(role)} SET search_path TO {_q(layout.bi)}"))
+            done.append(f"created login role {role} (search_path {layout.bi})")
+        conn.execute(sa.text(f"GRANT {_q(layout.reader_role)} TO {_q(role)}"))
+        done.append(f"granted {layout.reader_role} to {role}")
     return done
 
 
