@@ -69,7 +69,7 @@ from esflow.messaging.codec import (
     Codec,
 )
 from esflow.messaging.kafka import consumer_config, transactional_producer_config
-from esflow.messaging.results import CommandResult
+from esflow.messaging.results import CommandResult, DeadLetterReport, answer_key, report_key
 from esflow.settings import KafkaSettings, ProcessorSettings, TopicSettings
 from processors.metrics import Metrics
 from processors.partitioning import partition_for
@@ -108,7 +108,7 @@ class Topics:
 
     @property
     def results(self) -> str:
-        """``command-results``, compacted, keyed by command id."""
+        """``command-results``, compacted, keyed by answer or report key."""
         return f"{self.prefix}command-results"
 
     @property
@@ -151,11 +151,12 @@ class _Accepted:
 
 @dataclass(slots=True)
 class _Pending:
-    """One command's answer, produced after the batch's events have offsets."""
+    """One command's answer (or dead-letter report), produced after the batch's events have offsets."""
 
-    command_id: str
+    key: bytes
+    """:func:`~esflow.messaging.results.answer_key` or, for a dead letter, its ``report_key``."""
     slot: ResultSlot
-    result: CommandResult | _Accepted | None
+    result: CommandResult | _Accepted | DeadLetterReport | None
     """None for a duplicate: the slot already holds (or will hold) the stored result."""
 
 
@@ -503,9 +504,10 @@ class Processor:
                 )
                 return
         command_id = str(meta.command_id)
+        result_key = answer_key(aggregate.aggregate_type, aggregate_id, command_id)
         stored = record.find(command_id)
         if stored is not None:
-            batch.pending.append(_Pending(command_id, stored, None))
+            batch.pending.append(_Pending(result_key, stored, None))
             batch.counts[(aggregate.aggregate_type, "duplicate", "")] += 1
             return
         try:
@@ -535,7 +537,7 @@ class Processor:
                 correlation_id=meta.correlation_id,
                 processed_at=now,
             )
-            batch.pending.append(_Pending(command_id, slot, result))
+            batch.pending.append(_Pending(result_key, slot, result))
             batch.records[key] = record.remember(command_id, slot, self.settings.idempotency_window)
             batch.counts[(aggregate.aggregate_type, "rejected", decision.code)] += 1
             return
@@ -549,7 +551,7 @@ class Processor:
             processed_at=now,
             key=key,
         )
-        pending = _Pending(command_id, slot, accepted)
+        pending = _Pending(result_key, slot, accepted)
         events_topic = self.topics.events(aggregate.aggregate_type)
         producer = self._require_producer()
         # Encode every event before producing any: a command is appended whole or not at all.
@@ -646,24 +648,17 @@ class Processor:
                     compact_entry(result.command_id, result.version, result.correlation_id, at, result.refs),
                 )
                 headers = rc.ACCEPTED_HEADERS
-            elif isinstance(result, CommandResult):
+            elif isinstance(result, CommandResult | DeadLetterReport):
                 pending.slot.fill(result.to_bytes())
                 headers = result.headers()
             else:
                 headers = [
                     ("content-type", rc.RESULT_CONTENT_TYPE.encode()),
-                    ("esflow-result-replayed", b"1"),
+                    (rc.HEADER_REPLAYED, b"1"),
                 ]
             if pending.slot.data is None:  # pragma: no cover - slots are filled in batch order
-                raise ProcessorError(f"result of {pending.command_id} missing")
-            self._produce(
-                producer,
-                self.topics.results,
-                pending.slot.data,
-                pending.command_id.encode(),
-                None,
-                headers,
-            )
+                raise ProcessorError(f"result under {pending.key!r} missing")
+            self._produce(producer, self.topics.results, pending.slot.data, pending.key, None, headers)
         for key, last in last_offsets.items():
             r = batch.records[key]
             batch.records[key] = AggregateRecord(r.aggregate_id, r.version, r.state, last, r.recent)
@@ -693,7 +688,12 @@ class Processor:
         *,
         envelope: CommandEnvelope | None = None,
     ) -> None:
-        """Original bytes and headers to the dead-letter topic; a rejected result when the id is readable."""
+        """Original bytes and headers to the dead-letter topic, and a report under the record's position.
+
+        The report is keyed by where the record sits (:func:`report_key`), never by the command id it
+        claims: the id of a record the processor refused is whatever its producer wrote, and answering under
+        it would let any producer replace or hide the answer to someone else's command.
+        """
         batch.counts[(aggregate.aggregate_type, "dead_letter", reason)] += 1
         topic, partition, offset = _where(message)
         headers = _headers(message)
@@ -715,44 +715,29 @@ class Processor:
         )
         producer = self._require_producer()
         self._produce(producer, self.topics.dead_letter, message.value(), message.key(), None, headers)
-        command_id, correlation_id = self._readable_ids(message, envelope)
-        if command_id is None:
-            return
-        result = CommandResult(
-            command_id=command_id,
-            status="rejected",
-            aggregate_type=aggregate.aggregate_type,
-            aggregate_id=str(envelope.metadata.aggregate_id) if envelope is not None else None,
+        report = DeadLetterReport(
             reason=reason,
             message=error[:2000],
-            correlation_id=correlation_id,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            aggregate_type=aggregate.aggregate_type,
+            claimed_command_id=self._claimed_id(message, envelope),
             processed_at=self.clock(),
         )
-        batch.pending.append(_Pending(str(command_id), ResultSlot(), result))
+        batch.pending.append(_Pending(report_key(topic, partition, offset), ResultSlot(), report))
 
-    def _readable_ids(
-        self, message: Message, envelope: CommandEnvelope | None
-    ) -> tuple[uuid.UUID | None, uuid.UUID | None]:
-        """The command id (and correlation id) of a bad command, from wherever they can still be read."""
+    def _claimed_id(self, message: Message, envelope: CommandEnvelope | None) -> uuid.UUID | None:
+        """The command id a refused record's body claims, if the body can be read that far (never headers)."""
         if envelope is not None:
-            return envelope.metadata.command_id, envelope.metadata.correlation_id
+            return envelope.metadata.command_id
         try:
             # The Avro body may be fine and only the model check failed: its metadata is then readable.
             record = self.codec.decode_record(message.value() or b"")
-            meta = record.record.get("metadata") or {}
-            cid = meta.get("command_id")
-            if cid is not None:
-                corr = meta.get("correlation_id")
-                return uuid.UUID(str(cid)), uuid.UUID(str(corr)) if corr is not None else None
+            cid = (record.record.get("metadata") or {}).get("command_id")
+            return None if cid is None else uuid.UUID(str(cid))
         except (CodecError, ValueError, TypeError, AttributeError):
-            pass
-        for name, raw in _headers(message):
-            if name == HEADER_ID:
-                try:
-                    return uuid.UUID(raw.decode("ascii", "replace")), None
-                except ValueError:
-                    return None, None
-        return None, None
+            return None
 
     @staticmethod
     def _produce(

@@ -203,7 +203,11 @@ class CommandClient:
     def send_many_and_wait(
         self, envelopes: Sequence[CommandEnvelope], *, timeout: float = 60.0
     ) -> list[CommandResult]:
-        """Send commands pipelined and return their results in input order."""
+        """Send commands pipelined and return their results in input order.
+
+        A command the processor dead-lettered (malformed, misrouted) comes back as ``rejected`` with the
+        bad-input reason, taken from the report for the exact position the broker stored it at.
+        """
         listener = self._results()
         results: dict[UUID, CommandResult] = {}
         all_in = threading.Event()
@@ -216,11 +220,16 @@ class CommandClient:
                 if len(results) == len(wanted):
                     all_in.set()
 
+        def acked(receipt: SendReceipt | DeliveryFailed) -> None:
+            if isinstance(receipt, SendReceipt):
+                listener.sent(by_id[receipt.command_id], receipt.topic, receipt.partition, receipt.offset)
+
+        by_id = {env.metadata.command_id: env for env in envelopes}
         # Waiters are registered before the send, so no result can slip past.
         for env in envelopes:
-            listener.expect(env.metadata.command_id, arrived)
+            listener.expect(env, arrived)
         try:
-            self.send_many(envelopes)
+            self.send_many(envelopes, on_ack=acked)
             if not all_in.wait(timeout):
                 missing = [e for e in envelopes if e.metadata.command_id not in results]
                 first = missing[0]
@@ -231,7 +240,7 @@ class CommandClient:
                 )
         finally:
             for env in envelopes:
-                listener.forget(env.metadata.command_id)
+                listener.forget(env)
         return [results[env.metadata.command_id] for env in envelopes]
 
     def close(self) -> None:
@@ -302,9 +311,10 @@ class AsyncCommandClient:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[CommandResult] = loop.create_future()
         listener = await asyncio.to_thread(self._sync._results)
-        listener.expect(env.metadata.command_id, lambda r: loop.call_soon_threadsafe(_settle_result, fut, r))
+        listener.expect(env, lambda r: loop.call_soon_threadsafe(_settle_result, fut, r))
         try:
-            await self.send(env)
+            receipt = await self.send(env)
+            listener.sent(env, receipt.topic, receipt.partition, receipt.offset)
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError as exc:
             raise ResultTimeout(
@@ -312,7 +322,7 @@ class AsyncCommandClient:
                 hint="is the command processor running? (`esflow processor run`)",
             ) from exc
         finally:
-            listener.forget(env.metadata.command_id)
+            listener.forget(env)
 
     async def close(self) -> None:
         """Deliver anything queued and stop the poll thread."""

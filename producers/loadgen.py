@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, Message
 
+from esflow.domain.messages import CommandEnvelope
 from esflow.errors import ResultTimeout
 from esflow.messaging.results import CommandResult
 from esflow.settings import Settings
@@ -226,9 +227,14 @@ def _run(
             if on_result is not None:
                 on_result(result, t_due)
 
-        def delivered(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                report.send_failures += 1
+        def delivered(env: CommandEnvelope) -> Callable[[KafkaError | None, Message], None]:
+            def done(err: KafkaError | None, msg: Message) -> None:
+                if err is not None:
+                    report.send_failures += 1
+                else:
+                    listener.sent(env, msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+
+            return done
 
         start = time.monotonic()
         for i, plan in enumerate(plans):
@@ -239,8 +245,8 @@ def _run(
             cid = plan.envelope.metadata.command_id
             with lock:
                 due[str(cid).encode()] = (t_due, plan.expect)
-            listener.expect(cid, arrived)
-            client._produce(plan.envelope, delivered)
+            listener.expect(plan.envelope, arrived)
+            client._produce(plan.envelope, delivered(plan.envelope))
             client._producer.poll(0)
         client._producer.flush(30)
         report.sent = len(plans) - report.send_failures

@@ -3,24 +3,43 @@
 The listener positions itself at each partition's high-water mark *before* the first command it waits
 for is sent, so a result can only land after that position and cannot be missed. It reads with
 read_committed (results are written inside the processor's transactions: an aborted attempt's result is
-never seen) and hands each result whose command id has a waiter to that waiter; others are dropped.
+never seen).
+
+A sender waits under two keys (docs/domain.md, "Who may answer"): the answer key of its command
+(aggregate type, aggregate id, command id), registered before the send, and the dead-letter report key of
+the exact position its delivery report named, registered once the broker acknowledged. Nothing else is
+taken for its answer: a report keyed by some other position, whatever command id it claims, belongs to
+whoever wrote that other record. Reports may arrive before the delivery report is served, so recent
+unclaimed ones are kept for a while.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
-from uuid import UUID
+from dataclasses import dataclass
 
 from confluent_kafka import Consumer, TopicPartition
 
+from esflow.domain.messages import CommandEnvelope
 from esflow.errors import ClientError, DecodeError
 from esflow.messaging.kafka import consumer_config, watermarks
-from esflow.messaging.results import CommandResult
+from esflow.messaging.results import CommandResult, DeadLetterReport, answer_key, is_report_key, report_key
 from esflow.messaging.topics import results_topic
 from esflow.settings import Settings
 
 Callback = Callable[[CommandResult], object]
+
+RECENT_REPORTS = 10_000
+"""Unclaimed dead-letter reports kept for a delivery report that has not been served yet."""
+
+
+@dataclass(slots=True)
+class _Waiter:
+    envelope: CommandEnvelope
+    callback: Callback
+    keys: list[bytes]
 
 
 class ResultListener:
@@ -46,24 +65,53 @@ class ResultListener:
             _low, high = watermarks(self._consumer, self._topic, p, timeout_s=start_timeout_s)
             positions.append(TopicPartition(self._topic, p, high))
         self._consumer.assign(positions)
-        self._waiters: dict[bytes, Callback] = {}
+        self._waiters: dict[bytes, _Waiter] = {}
+        self._reports: OrderedDict[bytes, bytes] = OrderedDict()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="esflow-results", daemon=True)
         self._thread.start()
 
-    def expect(self, command_id: UUID, callback: Callback) -> None:
-        """Call ``callback`` (on the listener thread) when the result of ``command_id`` arrives."""
+    def expect(self, envelope: CommandEnvelope, callback: Callback) -> None:
+        """Call ``callback`` (on the listener thread) with the result of ``envelope`` once it arrives.
+
+        Register before sending; then call :meth:`sent` with the position the broker acknowledged, so a
+        dead-letter report for that record reaches the callback too.
+        """
         if self._error is not None:
             raise ClientError(f"the result listener stopped: {self._error}")
+        meta = envelope.metadata
+        key = answer_key(meta.aggregate_type, str(meta.aggregate_id), str(meta.command_id))
         with self._lock:
-            self._waiters[str(command_id).encode()] = callback
+            self._waiters[key] = _Waiter(envelope, callback, [key])
 
-    def forget(self, command_id: UUID) -> None:
-        """Stop waiting for ``command_id`` (after a timeout)."""
+    def sent(self, envelope: CommandEnvelope, topic: str, partition: int, offset: int) -> None:
+        """The broker stored ``envelope`` at this position: a report for it is its answer too."""
+        meta = envelope.metadata
+        answer = answer_key(meta.aggregate_type, str(meta.aggregate_id), str(meta.command_id))
+        key = report_key(topic, partition, offset)
         with self._lock:
-            self._waiters.pop(str(command_id).encode(), None)
+            waiter = self._waiters.get(answer)
+            if waiter is None:  # answered already, or forgotten
+                return
+            early = self._reports.pop(key, None)
+            if early is None:
+                waiter.keys.append(key)
+                self._waiters[key] = waiter
+                return
+            for k in waiter.keys:
+                self._waiters.pop(k, None)
+        self._deliver(waiter, key, early, topic, partition, offset)
+
+    def forget(self, envelope: CommandEnvelope) -> None:
+        """Stop waiting for ``envelope`` (after a timeout)."""
+        meta = envelope.metadata
+        answer = answer_key(meta.aggregate_type, str(meta.aggregate_id), str(meta.command_id))
+        with self._lock:
+            waiter = self._waiters.pop(answer, None)
+            for k in waiter.keys if waiter is not None else ():
+                self._waiters.pop(k, None)
 
     def _run(self) -> None:
         try:
@@ -74,26 +122,47 @@ class ResultListener:
                 if first is None:
                     continue
                 for msg in [first, *self._consumer.consume(500, 0)]:
-                    if msg.error():
-                        continue
                     key = msg.key()
-                    with self._lock:
-                        callback = self._waiters.pop(key, None) if key is not None else None
-                    if callback is None:
+                    if msg.error() or key is None:
                         continue
-                    try:
-                        result = CommandResult.from_bytes(msg.value() or b"")
-                    except ValueError as exc:
-                        err = DecodeError(
-                            f"unreadable command result: {exc}",
-                            topic=msg.topic(), partition=msg.partition(), offset=msg.offset(),
-                        )  # fmt: skip
-                        raise err from exc
-                    callback(result)
+                    with self._lock:
+                        waiter = self._waiters.pop(key, None)
+                        if waiter is None:
+                            if is_report_key(key):
+                                self._reports[key] = msg.value() or b""
+                                if len(self._reports) > RECENT_REPORTS:
+                                    self._reports.popitem(last=False)
+                            continue
+                        for k in waiter.keys:
+                            self._waiters.pop(k, None)
+                    self._deliver(waiter, key, msg.value() or b"", msg.topic(), msg.partition(), msg.offset())
         except BaseException as exc:  # surfaced to the next caller of expect()
             self._error = exc
         finally:
             self._consumer.close()
+
+    @staticmethod
+    def _deliver(
+        waiter: _Waiter,
+        key: bytes,
+        value: bytes,
+        topic: str | None,
+        partition: int | None,
+        offset: int | None,
+    ) -> None:
+        try:
+            if is_report_key(key):
+                report = DeadLetterReport.from_bytes(value)
+                result = report.as_rejection(waiter.envelope.metadata.command_id)
+            else:
+                result = CommandResult.from_bytes(value)
+        except ValueError as exc:
+            err = DecodeError(
+                f"unreadable command result under {key!r}: {exc}",
+                topic=topic, partition=partition, offset=offset,
+            )  # fmt: skip
+            raise err from exc
+        waiter.callback(result)
 
     def close(self) -> None:
         """Stop the background consumer."""

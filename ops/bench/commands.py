@@ -50,6 +50,7 @@ from esflow.domain.messages import Command, CommandEnvelope, CommandMetadata
 from esflow.domain.values import Money
 from esflow.messaging.codec import Codec
 from esflow.messaging.kafka import admin_client, consumer_config, producer_config
+from esflow.messaging.results import answer_key
 from esflow.messaging.topics import apply, catalogue, wait_until_visible
 from esflow.settings import KafkaSettings, ProcessorSettings, StackSettings, TopicSettings
 from processors.processor import Processor
@@ -183,7 +184,12 @@ def latency(bench: Bench, accounts: list[uuid.UUID], rate: float, seconds: float
     for i in range(int(rate * seconds) + 1):
         env = _envelope(accounts[i % len(accounts)], _deposit(i))
         feed.append(
-            (str(env.metadata.command_id), CODEC.encode(env, topic=topic), CODEC.key(env), CODEC.headers(env))
+            (
+                answer_key("account", str(env.metadata.aggregate_id), str(env.metadata.command_id)).decode(),
+                CODEC.encode(env, topic=topic),
+                CODEC.key(env),
+                CODEC.headers(env),
+            )
         )
     started = time.perf_counter()
     n = 0

@@ -1,8 +1,18 @@
-"""The answer to a command, as written to the compacted ``command-results`` topic (key = command id).
+"""What the processor writes to the compacted ``command-results`` topic: answers and dead-letter reports.
 
-JSON rather than Avro: results are an internal request/response channel between esflow's own
-producers and its processor, never part of the event log, and the processor stores recent results
-verbatim inside aggregate snapshots (the idempotency window), so re-sending one is a byte copy.
+Two key spaces that can never collide (docs/domain.md, "Who may answer"):
+
+- an **answer** (:class:`CommandResult`) to a command the processor decided, keyed by
+  :func:`answer_key` = ``<aggregate_type>/<aggregate_id>/<command_id>``. Only the partition that owns the
+  aggregate writes under it, and a repeated command id within the aggregate's idempotency window gets the
+  same bytes again, so a key's answer cannot be replaced by anything a producer sends;
+- a **dead-letter report** (:class:`DeadLetterReport`) for input the processor refused before any
+  aggregate decided it, keyed by :func:`report_key` = ``dead-letter/<topic>/<partition>/<offset>``, the
+  position of the refused record: only that record can cause it, whatever ids its body or headers claim.
+
+JSON rather than Avro: results are a request/response channel between producers and the processor, never
+part of the event log, and the processor stores recent answers verbatim inside aggregate snapshots (the
+idempotency window), so re-sending one is a byte copy.
 """
 
 from __future__ import annotations
@@ -16,10 +26,13 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 Status = Literal["accepted", "rejected"]
+REPORT_STATUS = "dead_lettered"
 
 RESULT_CONTENT_TYPE = "application/vnd.esflow.command-result+json"
 HEADER_STATUS = "esflow-result-status"
 HEADER_REASON = "esflow-result-reason"
+HEADER_REPLAYED = "esflow-result-replayed"
+"""Set (to ``1``) on an answer re-sent for a repeated command id: the same bytes as the first answer."""
 
 # Reason codes of results that no aggregate decided (bad input found before the aggregate was asked).
 UNDECODABLE = "undecodable"
@@ -29,6 +42,20 @@ WRONG_TOPIC = "wrong_topic"
 WRONG_KEY = "wrong_key"
 WRONG_PARTITION = "wrong_partition"
 PROCESSING_ERROR = "processing_error"
+
+
+def answer_key(aggregate_type: str, aggregate_id: str, command_id: str) -> bytes:
+    """The ``command-results`` key of the answer to a decided command."""
+    return f"{aggregate_type}/{aggregate_id}/{command_id}".encode()
+
+
+def report_key(topic: str, partition: int, offset: int) -> bytes:
+    """The ``command-results`` key of the dead-letter report for the record at that position.
+
+    Kafka topic names hold only ``[a-zA-Z0-9._-]``, so this can never equal an :func:`answer_key`
+    (aggregate type names hold no ``-``; the first segment here is ``dead-letter``).
+    """
+    return f"dead-letter/{topic}/{partition}/{offset}".encode()
 
 
 class EventRef(BaseModel):
@@ -78,6 +105,60 @@ class CommandResult(BaseModel):
         if self.reason:
             out.append((HEADER_REASON, self.reason.encode()))
         return out
+
+
+class DeadLetterReport(BaseModel):
+    """Why the record at ``topic``/``partition``/``offset`` was dead-lettered instead of decided.
+
+    Written under :func:`report_key` of that position. ``claimed_command_id`` is what the record's body
+    says its command id is, when the body can still be read that far: informational only (anyone can
+    claim any id), which is why the report never goes under an answer's key.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    status: Literal["dead_lettered"] = "dead_lettered"
+    reason: str = Field(description="Machine-readable bad-input reason code.")
+    message: str
+    topic: str
+    partition: int
+    offset: int
+    aggregate_type: str = Field(description="The aggregate type whose command topic the record was on.")
+    claimed_command_id: UUID | None = None
+    processed_at: datetime
+
+    def to_bytes(self) -> bytes:
+        """The JSON value written to ``command-results``."""
+        return self.model_dump_json(exclude_none=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> DeadLetterReport:
+        """Parse a report value of ``command-results``."""
+        return cls.model_validate_json(data)
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        """Headers for filtering without parsing, like an answer's."""
+        return [
+            ("content-type", RESULT_CONTENT_TYPE.encode()),
+            (HEADER_STATUS, REPORT_STATUS.encode()),
+            (HEADER_REASON, self.reason.encode()),
+        ]
+
+    def as_rejection(self, command_id: UUID) -> CommandResult:
+        """The rejection a sender who wrote this record sees for its command (it knows its own id)."""
+        return CommandResult(
+            command_id=command_id,
+            status="rejected",
+            aggregate_type=self.aggregate_type,
+            reason=self.reason,
+            message=self.message,
+            processed_at=self.processed_at,
+        )
+
+
+def is_report_key(key: bytes | None) -> bool:
+    """True for the key of a dead-letter report (no answer key starts so)."""
+    return key is not None and key.startswith(b"dead-letter/")
 
 
 _DATETIME_JSON = TypeAdapter(datetime).dump_json

@@ -47,7 +47,7 @@ def snapshot_topic(aggregate: str, settings: TopicSettings | None = None) -> str
 
 
 def results_topic(settings: TopicSettings | None = None) -> str:
-    """Name of the compacted topic holding every command's result, keyed by command id."""
+    """Name of the compacted topic of answers and dead-letter reports (keys: esflow.messaging.results)."""
     return f"{(settings or TopicSettings()).prefix}command-results"
 
 
@@ -102,7 +102,7 @@ def catalogue(settings: TopicSettings | None = None) -> list[TopicSpec]:
             n,
             INFINITE,
             compacted=True,
-            purpose="the answer to every command, keyed by command id",
+            purpose="answers (key aggregate type/id/command id) and dead-letter reports (key: position)",
             extra_config={"segment.ms": str(DAY_MS)},
         )
     )

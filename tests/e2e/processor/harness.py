@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, TopicPartition
 from esflow.domain.aggregates import ACCOUNT, Rejection, execute
 from esflow.domain.messages import CommandEnvelope
 from esflow.messaging.kafka import consumer_config
-from esflow.messaging.results import CommandResult
+from esflow.messaging.results import CommandResult, answer_key, is_report_key
 from tests.integration.processor.kit import (
     CODEC,
     Env,
@@ -180,7 +180,7 @@ def wait_for_results(
             if time.monotonic() > deadline:
                 raise AssertionError(f"{len(wanted - got.keys())} of {len(wanted)} commands unanswered")
             for msg in consumer.consume(5000, 0.5):
-                if msg.error() is None:
+                if msg.error() is None and not is_report_key(msg.key()):
                     r = CommandResult.from_bytes(msg.value() or b"")
                     got[r.command_id].append(r)
     finally:
@@ -207,7 +207,9 @@ def check_exactly_once(
     # Re-read everything to the end: late duplicates of answers would show up here.
     all_results: dict[uuid.UUID, list[CommandResult]] = defaultdict(list)
     for msg in read_all(env.kafka, env.name("command-results")):
+        assert not is_report_key(msg.key()), "a dead-letter report for a well-formed command"
         r = CommandResult.from_bytes(msg.value() or b"")
+        assert msg.key() == answer_key(r.aggregate_type or "", r.aggregate_id or "", str(r.command_id))
         all_results[r.command_id].append(r)
     sends: dict[uuid.UUID, int] = defaultdict(int)
     for e in sent:

@@ -20,7 +20,7 @@ from esflow.domain.messages import Command, CommandEnvelope, CommandMetadata, Ev
 from esflow.domain.values import Money
 from esflow.messaging.codec import Codec
 from esflow.messaging.kafka import consumer_config, producer_config
-from esflow.messaging.results import CommandResult
+from esflow.messaging.results import CommandResult, DeadLetterReport, answer_key, is_report_key
 from esflow.messaging.topics import apply, catalogue
 from esflow.settings import KafkaSettings, ProcessorSettings, TopicSettings
 
@@ -123,14 +123,27 @@ class Sender:
         value: bytes | None,
         key: bytes,
         headers: list[tuple[str, bytes]] | None = None,
-    ) -> None:
-        self._produce(self.env.name(f"commands.{aggregate_type}"), value, key, headers or [])
-        self.producer.flush(30)
+        partition: int | None = None,
+    ) -> tuple[str, int, int]:
+        """Produce raw bytes to a command topic; returns where the broker stored them."""
+        where: list[tuple[str, int, int]] = []
 
-    def _produce(self, topic: str, value: bytes | None, key: bytes, headers: list[tuple[str, Any]]) -> None:
+        def done(err: Any, msg: Any) -> None:
+            assert err is None, err
+            where.append((msg.topic(), msg.partition(), msg.offset()))
+
+        topic = self.env.name(f"commands.{aggregate_type}")
+        self._produce(topic, value, key, headers or [], on_delivery=done, partition=partition)
+        self.producer.flush(30)
+        return where[0]
+
+    def _produce(
+        self, topic: str, value: bytes | None, key: bytes, headers: list[tuple[str, Any]], **kwargs: Any
+    ) -> None:
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
         while True:
             try:
-                self.producer.produce(topic, value, key, headers=list(headers))
+                self.producer.produce(topic, value, key, headers=list(headers), **kwargs)
                 return
             except BufferError:
                 self.producer.poll(0.05)
@@ -170,7 +183,7 @@ def read_all(kafka: KafkaSettings, topic: str, *, isolation: str = "read_committ
 
 
 class Results:
-    """Follows command-results (read_committed) and collects every result by command id."""
+    """Follows command-results (read_committed): answers by command id, reports by position, all by key."""
 
     def __init__(self, env: Env) -> None:
         self.env = env
@@ -180,6 +193,9 @@ class Results:
         self.consumer.assign([TopicPartition(topic, p, 0) for p in md.topics[topic].partitions])
         self.all: list[CommandResult] = []
         self.by_id: dict[uuid.UUID, list[CommandResult]] = {}
+        self.reports: dict[tuple[str, int, int], DeadLetterReport] = {}
+        self.by_key: dict[bytes, list[bytes]] = {}
+        """Every value under every key, in log order (the last is what compaction keeps)."""
 
     def wait(self, command_ids: Iterable[uuid.UUID], timeout: float = 60) -> dict[uuid.UUID, CommandResult]:
         wanted = set(command_ids)
@@ -195,9 +211,35 @@ class Results:
         for msg in self.consumer.consume(5000, timeout):
             if msg.error() is not None:
                 continue
+            key, value = msg.key() or b"", msg.value() or b""
+            self.by_key.setdefault(key, []).append(value)
+            if is_report_key(key):
+                report = DeadLetterReport.from_bytes(msg.value() or b"")
+                self.reports[(report.topic, report.partition, report.offset)] = report
+                continue
             result = CommandResult.from_bytes(msg.value() or b"")
             self.all.append(result)
             self.by_id.setdefault(result.command_id, []).append(result)
+
+    def answer(self, env: CommandEnvelope, timeout: float = 60) -> CommandResult:
+        """The latest answer under ``env``'s answer key (its aggregate and command id)."""
+        meta = env.metadata
+        key = answer_key(meta.aggregate_type, str(meta.aggregate_id), str(meta.command_id))
+        deadline = time.monotonic() + timeout
+        while key not in self.by_key:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no answer under {key!r} after {timeout}s")
+            self.poll(0.2)
+        return CommandResult.from_bytes(self.by_key[key][-1])
+
+    def report(self, where: tuple[str, int, int], timeout: float = 60) -> DeadLetterReport:
+        """The dead-letter report for the record at ``where`` (topic, partition, offset)."""
+        deadline = time.monotonic() + timeout
+        while where not in self.reports:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no dead-letter report for {where} after {timeout}s")
+            self.poll(0.2)
+        return self.reports[where]
 
     def one(self, env: CommandEnvelope, timeout: float = 60) -> CommandResult:
         return self.wait([env.metadata.command_id], timeout)[env.metadata.command_id]

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from esflow.domain.messages import CommandEnvelope
@@ -26,8 +26,7 @@ from esflow.domain.order import (
 from esflow.domain.product import DiscontinueProduct, ReceiveStock, RegisterProduct, ReserveStock
 from esflow.domain.values import Address, OrderItem
 from esflow.messaging.codec import HEADER_ID
-from esflow.messaging.kafka import producer_config
-from esflow.messaging.results import CommandResult
+from esflow.messaging.results import CommandResult, answer_key, is_report_key
 from esflow.settings import KafkaSettings
 from processors.partitioning import partition_for
 from processors.processor import DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC, Processor
@@ -215,11 +214,11 @@ def test_poison_messages_are_dead_lettered_and_the_partition_keeps_moving(world:
     key = str(acc).encode()
     garbage_id = uuid.uuid4()
     garbage = b"\x00\x01not avro at all " + garbage_id.bytes
-    world.sender.send_raw(
+    at_garbage = world.sender.send_raw(
         "account", garbage, key, [(HEADER_ID, str(garbage_id).encode()), ("x-trace", b"t1")]
     )
     unknown = b"\xc3\x01" + b"\x99" * 8 + b"\x02\x04"  # well framed, unknown schema fingerprint
-    world.sender.send_raw("account", unknown, key)
+    at_unknown = world.sender.send_raw("account", unknown, key)
     # A well-formed Avro record the model refuses (lower-case currency): its command id is readable.
     bad = envelope(acc, open_account())
     record: dict[str, Any] = {
@@ -228,16 +227,21 @@ def test_poison_messages_are_dead_lettered_and_the_partition_keeps_moving(world:
         "currency": "eur",
     }
     invalid = CODEC.encode_record("OpenAccount", record)
-    world.sender.send_raw("account", invalid, key)
+    at_invalid = world.sender.send_raw("account", invalid, key)
     world.sender.send_raw("account", None, key)  # a tombstone on a command topic
     # Valid afterwards, on the same partition: must be processed.
     r = world.run(envelope(acc, open_account()))
     assert r[0].status == "accepted"
 
-    got = world.results.wait([garbage_id, bad.metadata.command_id])
-    assert got[garbage_id].status == "rejected" and got[garbage_id].reason == "undecodable"
-    assert got[bad.metadata.command_id].reason == "invalid_command"
-    assert got[bad.metadata.command_id].aggregate_id is None  # the envelope never validated
+    # Each refused record is reported under its own position; the header's id is not believed, the
+    # id inside a readable body is only "claimed", and neither gets an answer of its own.
+    garbage_report = world.results.report(at_garbage)
+    assert (garbage_report.reason, garbage_report.claimed_command_id) == ("undecodable", None)
+    assert world.results.report(at_unknown).reason == "unknown_command_type"
+    invalid_report = world.results.report(at_invalid)
+    assert invalid_report.reason == "invalid_command"
+    assert invalid_report.claimed_command_id == bad.metadata.command_id
+    assert garbage_id not in world.results.by_id and bad.metadata.command_id not in world.results.by_id
 
     dlq = _dlq(world)
     topic = world.env.name("commands.account")
@@ -266,13 +270,15 @@ def test_wrong_partition_and_wrong_key_are_dead_lettered(world: World) -> None:
     topic = world.env.name("commands.account")
     misplaced = envelope(acc, open_account())
     mis_keyed = envelope(acc, open_account())
-    producer = Producer(producer_config(world.env.kafka))
-    producer.produce(topic, CODEC.encode(misplaced), key, partition=(right + 1) % n)
-    producer.produce(topic, CODEC.encode(mis_keyed), b"someone-else", partition=right)
-    producer.flush(30)
-    got = world.results.wait([misplaced.metadata.command_id, mis_keyed.metadata.command_id])
-    assert got[misplaced.metadata.command_id].reason == "wrong_partition"
-    assert got[mis_keyed.metadata.command_id].reason == "wrong_key"
+    at_misplaced = world.sender.send_raw(
+        "account", CODEC.encode(misplaced, topic=topic), key, partition=(right + 1) % n
+    )
+    at_mis_keyed = world.sender.send_raw(
+        "account", CODEC.encode(mis_keyed, topic=topic), b"someone-else", partition=right
+    )
+    assert world.results.report(at_misplaced).reason == "wrong_partition"
+    assert world.results.report(at_mis_keyed).reason == "wrong_key"
+    assert world.results.report(at_mis_keyed).claimed_command_id == mis_keyed.metadata.command_id
     # Neither touched the aggregate: it can still be opened.
     assert world.run(envelope(acc, open_account()))[0].status == "accepted"
 
@@ -292,3 +298,94 @@ def test_metrics_count_outcomes(world: World) -> None:
     assert m.ready and m.healthy
     assert datetime.now(UTC) >= world.results.all[-1].processed_at
     assert Decimal(1) == eur(1).amount
+
+
+# ------------------------------------------------------------------ nobody can forge or shadow an answer
+
+
+def _answers_claiming(world: World, command_id: uuid.UUID) -> list[tuple[bytes, CommandResult]]:
+    """Every answer (not report) on command-results whose body names ``command_id``, with its key."""
+    world.results.poll(0.5)
+    return [
+        (key, CommandResult.from_bytes(value))
+        for key, values in world.results.by_key.items()
+        if not is_report_key(key)
+        for value in values
+        if CommandResult.from_bytes(value).command_id == command_id
+    ]
+
+
+def _accepted_then(world: World, forge: Callable[[CommandEnvelope, Any], tuple[str, int, int]]) -> None:
+    """Accept a command, let ``forge`` write something reusing its id, and check its answer stands."""
+    acc = uuid.uuid4()
+    real = envelope(acc, open_account())
+    [accepted] = world.run(real)
+    assert accepted.status == "accepted"
+    [(_msg, event)] = [(m, e) for m, e in events_of(world.env.kafka, world.env, "account")
+                       if e.metadata.command_id == real.metadata.command_id]  # fmt: skip
+    where = forge(real, event)
+    deadline = time.monotonic() + 60
+    # Until the forgery is processed: either reported where it was written, or (the bug) answered.
+    while where not in world.results.reports and len(_answers_claiming(world, real.metadata.command_id)) < 2:
+        assert time.monotonic() < deadline, "the forged record was neither reported nor answered"
+    answers = _answers_claiming(world, real.metadata.command_id)
+    assert len(answers) == 1, answers  # exactly one answer for the real command, the processor's decision
+    key, only = answers[0]
+    assert key == answer_key("account", str(acc), str(real.metadata.command_id))
+    assert only == accepted
+    # What compaction keeps: the last value under the answer key, which is that same decision.
+    assert CommandResult.from_bytes(world.results.by_key[key][-1]) == accepted
+
+
+def test_a_forged_header_on_garbage_answers_nobody(world: World) -> None:
+    def forge(real: CommandEnvelope, _event: Any) -> tuple[str, int, int]:
+        key = str(real.metadata.aggregate_id).encode()
+        return world.sender.send_raw(
+            "account", b"garbage", key, [(HEADER_ID, str(real.metadata.command_id).encode())]
+        )
+
+    _accepted_then(world, forge)
+
+
+def test_an_event_record_on_a_command_topic_reusing_an_accepted_id_answers_nobody(world: World) -> None:
+    def forge(real: CommandEnvelope, event: Any) -> tuple[str, int, int]:
+        topic = world.env.name("commands.account")
+        return world.sender.send_raw(
+            "account", CODEC.encode(event, topic=topic), str(real.metadata.aggregate_id).encode()
+        )
+
+    _accepted_then(world, forge)
+
+
+def test_a_malformed_body_reusing_an_accepted_id_answers_nobody(world: World) -> None:
+    def forge(real: CommandEnvelope, _event: Any) -> tuple[str, int, int]:
+        record = {"metadata": real.metadata.model_dump(), "owner_id": uuid.uuid4(), "currency": "eur"}
+        key = str(real.metadata.aggregate_id).encode()
+        return world.sender.send_raw("account", CODEC.encode_record("OpenAccount", record), key)
+
+    _accepted_then(world, forge)
+
+
+def test_a_misrouted_copy_of_an_accepted_command_answers_nobody(world: World) -> None:
+    def forge(real: CommandEnvelope, _event: Any) -> tuple[str, int, int]:
+        topic = world.env.name("commands.account")
+        key = str(real.metadata.aggregate_id).encode()
+        wrong = (partition_for(key, world.env.topics.partitions) + 1) % world.env.topics.partitions
+        return world.sender.send_raw("account", CODEC.encode(real, topic=topic), key, partition=wrong)
+
+    _accepted_then(world, forge)
+
+
+def test_reusing_an_accepted_id_on_another_aggregate_cannot_shadow_its_answer(world: World) -> None:
+    acc, other = uuid.uuid4(), uuid.uuid4()
+    real = envelope(acc, open_account())
+    [accepted] = world.run(real)
+    thief = envelope(other, open_account(), command_id=real.metadata.command_id)
+    world.sender.send([thief])
+    theirs = world.results.answer(thief)  # a real command of its own aggregate: decided, under its own key
+    assert theirs.aggregate_id == str(other)
+    by_key = dict(_answers_claiming(world, real.metadata.command_id))
+    assert by_key == {
+        answer_key("account", str(acc), str(real.metadata.command_id)): accepted,
+        answer_key("account", str(other), str(real.metadata.command_id)): theirs,
+    }

@@ -1,9 +1,10 @@
 """send_and_wait against the real broker, with a scripted responder standing in for the processor.
 
 The responder answers on ``command-results`` exactly as the processor's contract says (JSON
-:class:`CommandResult`, key = command id, written in a transaction); the processor's own e2e tests cover
-the real thing. Here the subject is the SDK: it must see every result meant for it, only committed ones,
-and time out cleanly.
+:class:`CommandResult` under the answer key, or a :class:`DeadLetterReport` under the key of the record's
+position, written in a transaction); the processor's own tests cover the real thing. Here the subject is
+the SDK: it must see every result meant for it, only committed ones, never a report about another record
+that merely claims its command id, and time out cleanly.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
-from esflow.domain.account import OpenAccount, WithdrawFunds
+from esflow.domain.account import DepositFunds, OpenAccount, WithdrawFunds
 from esflow.errors import ResultTimeout
 from esflow.messaging import topics
 from esflow.messaging.codec import Codec
 from esflow.messaging.kafka import consumer_config, transactional_producer_config
-from esflow.messaging.results import CommandResult, EventRef
+from esflow.messaging.results import CommandResult, DeadLetterReport, EventRef, answer_key, report_key
 from esflow.settings import KafkaSettings, Settings, TopicSettings
 from producers.client import AsyncCommandClient, CommandClient
 
@@ -40,7 +41,9 @@ def settings(
 
 
 class Responder(threading.Thread):
-    """Answers OpenAccount with accepted, WithdrawFunds with rejected; aborts a decoy result first."""
+    """Answers OpenAccount with accepted, WithdrawFunds with rejected, DepositFunds with a dead-letter
+    report at its position; before each, aborts a decoy answer and commits a report about another
+    position that claims the same command id."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(daemon=True)
@@ -63,10 +66,22 @@ class Responder(threading.Thread):
             decoy = CommandResult(
                 command_id=cid, status="rejected", reason="decoy", processed_at=datetime.now(UTC)
             )
+            key = answer_key("account", str(env.metadata.aggregate_id), str(cid))
             producer.begin_transaction()
-            producer.produce(out, key=str(cid).encode(), value=decoy.to_bytes())
+            producer.produce(out, key=key, value=decoy.to_bytes())
             producer.flush(10)
             producer.abort_transaction(10)  # a read_committed client must never see this one
+            topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+            elsewhere = self._report(topic, partition, offset + 1000, cid, "forged")
+            producer.begin_transaction()
+            producer.produce(out, key=report_key(topic, partition, offset + 1000), value=elsewhere.to_bytes())
+            producer.commit_transaction(10)  # about another record: the SDK must not take it as ours
+            if isinstance(env.command, DepositFunds):
+                report = self._report(topic, partition, offset, cid, "invalid_command")
+                producer.begin_transaction()
+                producer.produce(out, key=report_key(topic, partition, offset), value=report.to_bytes())
+                producer.commit_transaction(10)
+                continue
             if isinstance(env.command, OpenAccount):
                 result = CommandResult(
                     command_id=cid,
@@ -84,9 +99,16 @@ class Responder(threading.Thread):
                     message="balance 0.00 < 5.00", processed_at=datetime.now(UTC),
                 )  # fmt: skip
             producer.begin_transaction()
-            producer.produce(out, key=str(cid).encode(), value=result.to_bytes())
+            producer.produce(out, key=key, value=result.to_bytes())
             producer.commit_transaction(10)
         consumer.close()
+
+    @staticmethod
+    def _report(topic: str, partition: int, offset: int, claimed: uuid.UUID, reason: str) -> DeadLetterReport:
+        return DeadLetterReport(
+            reason=reason, message=reason, topic=topic, partition=partition, offset=offset,
+            aggregate_type="account", claimed_command_id=claimed, processed_at=datetime.now(UTC),
+        )  # fmt: skip
 
 
 @pytest.fixture
@@ -109,6 +131,11 @@ def test_accepted_and_rejected_results(settings: Settings, responder: Responder)
         assert (rejected.status, rejected.reason) == ("rejected", "insufficient_funds")
 
         from producers.commands import envelope
+
+        # Dead-lettered: the report for the record's own position, not the forged one about another.
+        deposit = DepositFunds.model_validate({"amount": {"amount": "5.00", "currency": "EUR"}})
+        refused = client.send_and_wait(deposit, uuid.UUID(accepted.aggregate_id or ""), timeout=30)
+        assert (refused.status, refused.reason) == ("rejected", "invalid_command")
 
         envs = [envelope(OpenAccount(owner_id=uuid.uuid4(), currency="EUR")) for _ in range(300)]
         results = client.send_many_and_wait(envs, timeout=60)
