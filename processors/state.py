@@ -224,6 +224,13 @@ class PartitionCache:
             if raw is None
             else AggregateRecord.from_snapshot(self.aggregate, raw)
         )
+        if record.aggregate_id != aggregate_id:
+            # A compacted topic keeps the last record per key, whoever wrote it: a snapshot of another
+            # aggregate under this key must not become this aggregate's state.
+            raise RestoreError(
+                f"the {self.aggregate.aggregate_type} snapshot under key {aggregate_id} "
+                f"is of {record.aggregate_id}"
+            )
         self._records[aggregate_id] = record
         return record
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from esflow.domain.messages import EventEnvelope
-from esflow.errors import UnknownProjection
+from esflow.errors import MisroutedRecord, UnknownProjection
 from esflow.messaging.codec import Codec
 from esflow.readmodel.projection import Decoded, Projection, RawEvent
 from projections.account_balances import AccountBalancesProjection
@@ -44,8 +44,23 @@ class EnvelopeDecoder:
         self.codec = codec
 
     def __call__(self, raw: RawEvent) -> Decoded[EventEnvelope]:
-        """The envelope in ``raw``; codec errors name the record's topic, partition and offset."""
+        """The envelope in ``raw``; codec errors name the record's topic, partition and offset.
+
+        An event is applied only where it belongs: on its aggregate type's event topic, keyed by its
+        aggregate id. Anything else (an event produced by hand to the wrong topic or under another key)
+        raises :class:`MisroutedRecord` and is dead-lettered, so a record cannot change the rows of an
+        aggregate it does not belong to.
+        """
         envelope = self.codec.decode_event(
             raw.value or b"", topic=raw.topic, partition=raw.partition, offset=raw.offset
         )
-        return Decoded(raw, envelope.event.type_name(), envelope.metadata.occurred_at, envelope)
+        meta = envelope.metadata
+        if (
+            not raw.topic.endswith(f"events.{meta.aggregate_type}")
+            or raw.key != str(meta.aggregate_id).encode()
+        ):
+            raise MisroutedRecord(
+                f"a {meta.aggregate_type} event of {meta.aggregate_id} under key {raw.key!r}",
+                topic=raw.topic, partition=raw.partition, offset=raw.offset,
+            )  # fmt: skip
+        return Decoded(raw, envelope.event.type_name(), meta.occurred_at, envelope)

@@ -136,6 +136,10 @@ class UpcastError(DecodeError):
     """An upcaster failed on, or is missing for, an old schema version."""
 
 
+class MisroutedRecord(CodecError):
+    """A well-formed record sits where its own metadata says it does not belong (topic or key)."""
+
+
 class SchemaError(EsflowError):
     """The .avsc files cannot be loaded, or break a contract rule (see `esflow schemas check`)."""
 

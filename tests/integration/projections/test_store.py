@@ -120,8 +120,8 @@ def test_bad_input_goes_to_dead_letters_and_processing_goes_on(engine: sa.Engine
     bad = [
         RawEvent(TOPIC, 0, 20, b"k", b"\xc3\x01" + bytes(8) + b"garbage"),
         RawEvent(TOPIC, 0, 21, b"k", None),
-        # Decodes fine, but orders has no business with a product event on its topic.
-        RawEvent(TOPIC, 0, 22, b"k", CODEC.encode(product_event)),
+        # Decodes fine, but a product event does not belong on the order topic.
+        RawEvent(TOPIC, 0, 22, CODEC.key(product_event), CODEC.encode(product_event)),
     ]
     applier = _applier(engine, OrdersProjection())
     result = applier.process([*raws, *bad])
@@ -134,7 +134,7 @@ def test_bad_input_goes_to_dead_letters_and_processing_goes_on(engine: sa.Engine
     assert [(r.offset, r.error_type) for r in rows] == [
         (20, "UnknownSchemaError"),
         (21, "EmptyRecord"),
-        (22, "UnknownEventType"),
+        (22, "MisroutedRecord"),
     ]
     assert rows[0].value == b"\xc3\x01" + bytes(8) + b"garbage"
     assert ProjectionStore(engine).checkpoints("orders")[(TOPIC, 0)] == 22

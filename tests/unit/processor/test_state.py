@@ -50,6 +50,19 @@ def test_snapshot_of_another_aggregate_type_is_refused() -> None:
         AggregateRecord.from_snapshot(ORDER, data)
 
 
+def test_snapshot_of_another_aggregate_under_a_key_is_refused() -> None:
+    cache = PartitionCache(ACCOUNT, 0)
+    mine = AggregateRecord("mine", 3, AccountState(currency="EUR")).to_snapshot(ACCOUNT, "events.account", 0)
+    theirs = AggregateRecord("theirs", 1, AccountState(currency="USD")).to_snapshot(
+        ACCOUNT, "events.account", 0
+    )
+    cache.load_raw("mine", mine)
+    cache.load_raw("victim", theirs)  # written under a key it does not own
+    assert cache.get("mine").version == 3
+    with pytest.raises(RestoreError, match="under key victim is of theirs"):
+        cache.get("victim")
+
+
 def test_garbage_snapshot_is_a_restore_error() -> None:
     with pytest.raises(RestoreError):
         AggregateRecord.from_snapshot(ACCOUNT, b"\x00not json")

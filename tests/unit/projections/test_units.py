@@ -81,7 +81,7 @@ def test_prepare_turns_bad_input_into_rejections_in_place() -> None:
         OrderPlaced(customer_id=uuid4(), items=(_item("1.00", 1),), shipping_address=_address()), uuid4(), 1
     )
     raws = [
-        RawEvent("events.order", 0, 0, b"k", CODEC.encode(good)),
+        RawEvent("events.order", 0, 0, CODEC.key(good), CODEC.encode(good)),
         RawEvent("events.order", 0, 1, b"k", b"junk"),
         RawEvent("events.order", 0, 2, b"k", None),
     ]
@@ -93,6 +93,22 @@ def test_prepare_turns_bad_input_into_rejections_in_place() -> None:
     # A projection of another aggregate does not know order events.
     wrong = prepare(registry.get("product_catalog"), registry.EnvelopeDecoder(CODEC), raws[:1])
     assert isinstance(wrong[0], Rejected) and wrong[0].error_type == "UnknownEventType"
+
+
+def test_an_event_is_applied_only_on_its_own_topic_and_key() -> None:
+    good = _env(
+        OrderPlaced(customer_id=uuid4(), items=(_item("1.00", 1),), shipping_address=_address()), uuid4(), 1
+    )
+    someone_else = str(uuid4()).encode()
+    raws = [
+        RawEvent("p.events.order", 0, 0, CODEC.key(good), CODEC.encode(good)),
+        RawEvent("p.events.order", 0, 1, someone_else, CODEC.encode(good)),  # under another key
+        RawEvent("p.events.account", 0, 0, CODEC.key(good), CODEC.encode(good)),  # on another topic
+    ]
+    items = prepare(registry.get("event_log"), registry.EnvelopeDecoder(CODEC), raws)
+    assert isinstance(items[0], Decoded)
+    for item in items[1:]:
+        assert isinstance(item, Rejected) and item.error_type == "MisroutedRecord", item
 
 
 def _address() -> Address:
