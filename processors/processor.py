@@ -59,6 +59,7 @@ from esflow.errors import (
     UnknownSchemaError,
 )
 from esflow.messaging import results as rc
+from esflow.messaging import topics as topic_names
 from esflow.messaging.codec import (
     HEADER_CONTENT_TYPE,
     HEADER_CORRELATION,
@@ -68,11 +69,10 @@ from esflow.messaging.codec import (
     HEADER_VERSION,
     Codec,
 )
-from esflow.messaging.kafka import consumer_config, transactional_producer_config
-from esflow.messaging.results import CommandResult, DeadLetterReport, answer_key, report_key
+from esflow.messaging.kafka import consumer_config, partition_for, transactional_producer_config
+from esflow.messaging.results import AppendedEvent, CommandResult, DeadLetterReport, answer_key, report_key
 from esflow.settings import KafkaSettings, ProcessorSettings, TopicSettings
 from processors.metrics import Metrics
-from processors.partitioning import partition_for
 from processors.restore import restore_partition
 from processors.state import HEADER_EVENTS_UNTIL, AggregateRecord, PartitionCache, ResultSlot, compact_entry
 
@@ -89,32 +89,32 @@ DLQ_PROCESSOR = "esflow-dlq-processor"
 
 @dataclass(frozen=True)
 class Topics:
-    """The topic names one processor group reads and writes."""
+    """The topics one processor group reads and writes: names from :mod:`esflow.messaging.topics`."""
 
-    prefix: str
+    settings: TopicSettings
     aggregate_types: tuple[str, ...]
 
     def commands(self, aggregate_type: str) -> str:
         """``commands.<aggregate>``."""
-        return f"{self.prefix}commands.{aggregate_type}"
+        return topic_names.command_topic(aggregate_type, self.settings)
 
     def events(self, aggregate_type: str) -> str:
         """``events.<aggregate>``, co-partitioned with the commands."""
-        return f"{self.prefix}events.{aggregate_type}"
+        return topic_names.event_topic(aggregate_type, self.settings)
 
     def snapshots(self, aggregate_type: str) -> str:
         """``snapshots.<aggregate>``, compacted, co-partitioned with the commands."""
-        return f"{self.prefix}snapshots.{aggregate_type}"
+        return topic_names.snapshot_topic(aggregate_type, self.settings)
 
     @property
     def results(self) -> str:
         """``command-results``, compacted, keyed by answer or report key."""
-        return f"{self.prefix}command-results"
+        return topic_names.results_topic(self.settings)
 
     @property
     def dead_letter(self) -> str:
         """``commands.dead-letter``."""
-        return f"{self.prefix}commands.dead-letter"
+        return topic_names.dead_letter_topic(self.settings)
 
     @property
     def command_topics(self) -> list[str]:
@@ -130,7 +130,7 @@ class Topics:
                 f"unknown aggregate types {unknown} in ESFLOW_PROCESSOR_AGGREGATES",
                 hint=f"choose among {', '.join(AGGREGATES)}",
             )
-        return cls(topics.prefix, processor.aggregate_types)
+        return cls(topics, processor.aggregate_types)
 
 
 @dataclass(slots=True)
@@ -145,8 +145,8 @@ class _Accepted:
     processed_at: datetime
     key: tuple[str, int, str]
     """The aggregate's batch key."""
-    refs: list[list[Any]] = field(default_factory=list)
-    """Per event: [event_id, type, version, topic, partition, offset-or-None], offset set on delivery."""
+    refs: list[AppendedEvent] = field(default_factory=list)
+    """Per event, its offset filled in by the delivery report."""
 
 
 @dataclass(slots=True)
@@ -230,7 +230,6 @@ class Processor:
         }
         self._caches: dict[tuple[str, int], PartitionCache] = {}
         self._partitions: dict[str, int] = {}
-        self._homes: dict[str, int] = {}
         self._event_ids = _EventIds()
         self._stop = threading.Event()
         self._consumer: Consumer | None = None
@@ -486,7 +485,7 @@ class Processor:
             )  # fmt: skip
             return
         if self.settings.verify_partitioning:
-            expected = self._home_partition(aggregate_id, self._partitions[topic])
+            expected = partition_for(aggregate_id.encode(), self._partitions[topic])
             if expected != partition:
                 self._dead_letter(
                     message, batch, aggregate, rc.WRONG_PARTITION,
@@ -578,7 +577,7 @@ class Processor:
                 **event.model_dump(),
             }
             type_name = event.type_name()
-            accepted.refs.append([event_id, type_name, version, events_topic, partition, None])
+            accepted.refs.append(AppendedEvent(event_id, type_name, version, events_topic, partition, -1))
             headers = [
                 (HEADER_TYPE, type_name.encode()),
                 (HEADER_VERSION, str(event.schema_version).encode()),
@@ -594,7 +593,7 @@ class Processor:
                     message, batch, aggregate, rc.PROCESSING_ERROR, exc.message, envelope=envelope
                 )
                 return
-        for (value, headers), ref in zip(encoded, accepted.refs, strict=True):
+        for i, (value, headers) in enumerate(encoded):
             self._produce(
                 producer,
                 events_topic,
@@ -602,7 +601,7 @@ class Processor:
                 aggregate_id.encode(),
                 partition,
                 headers,
-                on_delivery=self._on_event_delivery(ref, batch),
+                on_delivery=self._on_event_delivery(accepted.refs, i, batch),
             )
         batch.pending.append(pending)
         batch.records[key] = AggregateRecord(
@@ -616,12 +615,16 @@ class Processor:
         batch.events[aggregate.aggregate_type] += len(decision)
 
     @staticmethod
-    def _on_event_delivery(ref: list[Any], batch: _Batch) -> Callable[[KafkaError | None, Message], None]:
+    def _on_event_delivery(
+        refs: list[AppendedEvent], i: int, batch: _Batch
+    ) -> Callable[[KafkaError | None, Message], None]:
         def done(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
                 batch.delivery_error = err
             else:
-                ref[5] = msg.offset()
+                r = refs[i]
+                offset = msg.offset() or 0  # a delivered record always has one
+                refs[i] = AppendedEvent(r.event_id, r.type, r.aggregate_version, r.topic, r.partition, offset)
 
         return done
 
@@ -633,7 +636,7 @@ class Processor:
             result = pending.result
             if type(result) is _Accepted:
                 if result.refs:
-                    last_offsets[result.key] = max(r[5] for r in result.refs)
+                    last_offsets[result.key] = max(r.offset for r in result.refs)
                 at = rc.datetime_json(result.processed_at)
                 pending.slot.fill(
                     rc.accepted_json(
@@ -641,7 +644,7 @@ class Processor:
                         aggregate_type=result.aggregate_type,
                         aggregate_id=result.aggregate_id,
                         version=result.version,
-                        events=result.refs,  # type: ignore[arg-type]  # every offset is set by now
+                        events=result.refs,  # every offset is set by now
                         correlation_id=result.correlation_id,
                         processed_at=at,
                     ),
@@ -824,15 +827,6 @@ class Processor:
         self._refresh_gauges()
 
     # ------------------------------------------------------------------------------ helpers
-
-    def _home_partition(self, aggregate_id: str, partitions: int) -> int:
-        # Pure-Python murmur2 costs ~10 us; aggregates recur, so remember recent answers.
-        home = self._homes.get(aggregate_id)
-        if home is None:
-            if len(self._homes) > 200_000:
-                self._homes.clear()
-            home = self._homes[aggregate_id] = partition_for(aggregate_id.encode(), partitions)
-        return home
 
     def cache(self, topic: str, partition: int) -> PartitionCache | None:
         """The cache of one assigned partition (tests and tools)."""

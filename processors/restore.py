@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from esflow.errors import CodecError, RestoreError
 from esflow.messaging.codec import Codec
-from esflow.messaging.kafka import common_config
+from esflow.messaging.kafka import common_config, watermarks
 from esflow.messaging.results import CommandResult, EventRef
 from esflow.settings import KafkaSettings
 from processors.state import HEADER_EVENTS_UNTIL, AggregateRecord, PartitionCache, ResultSlot
@@ -46,29 +46,6 @@ def _consumer(kafka: KafkaSettings) -> Consumer:
     )
 
 
-def _watermarks(consumer: Consumer, topic: str, partition: int, deadline: float) -> tuple[int, int]:
-    """Low and high watermarks, retrying while leadership settles (fresh topics, broker restarts)."""
-    while True:
-        try:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-            return int(low), int(high)
-        except KafkaException as exc:
-            err: KafkaError = exc.args[0]
-            if (not err.retriable() and err.code() not in _SETTLING) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
-_SETTLING = {
-    KafkaError.NOT_LEADER_FOR_PARTITION,
-    KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError.UNKNOWN_TOPIC_OR_PART,
-    KafkaError._UNKNOWN_PARTITION,
-    KafkaError._TIMED_OUT,
-    KafkaError._TRANSPORT,
-}
-
-
 def _read(
     consumer: Consumer,
     topic: str,
@@ -78,7 +55,7 @@ def _read(
     handle: Callable[[Any], None],
 ) -> int:
     """Feed every committed record from ``start`` to the end to ``handle``; returns how many."""
-    low, high = _watermarks(consumer, topic, partition, deadline)
+    low, high = watermarks(consumer, topic, partition, timeout_s=max(1.0, deadline - time.monotonic()))
     start = max(start, low)
     if start >= high:
         return 0

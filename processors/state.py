@@ -28,13 +28,13 @@ was lost.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from esflow.domain.aggregates import Aggregate
 from esflow.errors import RestoreError
-from esflow.messaging.results import accepted_json, json_string
+from esflow.messaging.results import AppendedEvent, accepted_json, json_string
 
 SNAPSHOT_FORMAT = 2
 _READABLE_FORMATS = (1, 2)
@@ -80,14 +80,16 @@ def compact_entry(
     version: int,
     correlation_id: str | None,
     processed_at: bytes,
-    events: list[list[Any]],
+    events: Sequence[AppendedEvent],
 ) -> bytes:
-    """The snapshot entry of an accepted result; ``processed_at`` is its JSON string, ``events`` the refs.
+    """The snapshot entry of an accepted result; ``processed_at`` is its JSON string.
 
-    ``events`` holds [event_id, type, aggregate_version, topic, partition, offset] per event; topic and
-    partition are the snapshot's and are left out.
+    Each event's topic and partition are the snapshot's own and are left out.
     """
-    refs = b",".join([b'["%s",%s,%d,%d]' % (e[0].encode(), json_string(e[1]), e[2], e[5]) for e in events])
+    refs = b",".join(
+        [b'["%s",%s,%d,%d]' % (e.event_id.encode(), json_string(e.type), e.aggregate_version, e.offset)
+         for e in events]
+    )  # fmt: skip
     corr = b"null" if correlation_id is None else b'"' + correlation_id.encode() + b'"'
     return b'["a","%s",%d,%s,%s,[%s]]' % (command_id.encode(), version, corr, processed_at, refs)
 
@@ -101,7 +103,7 @@ def _expand(entry: bytes, context: tuple[str, str, str, int]) -> bytes:
         aggregate_type=aggregate_type,
         aggregate_id=aggregate_id,
         version=version,
-        events=[(e, t, v, topic, partition, o) for e, t, v, o in refs],
+        events=[AppendedEvent(e, t, v, topic, partition, o) for e, t, v, o in refs],
         correlation_id=correlation_id,
         processed_at=json.dumps(processed_at).encode(),
     )

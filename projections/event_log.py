@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from esflow.domain.messages import AGGREGATE_TYPES
 from esflow.readmodel.bulk import UpsertMethod, copy_rows
 from esflow.readmodel.tables import event_log
 from projections.common import Events, event_types, json_text
@@ -39,8 +40,8 @@ class EventLogProjection:
 
     name = "event_log"
     version = 1
-    aggregates = ("product", "order", "account")
-    _known = event_types("product", "order", "account")
+    aggregates = AGGREGATE_TYPES
+    _known = event_types(*AGGREGATE_TYPES)
 
     def knows(self, type_name: str) -> bool:
         """Every event type of the reference domain."""

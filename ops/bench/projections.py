@@ -42,6 +42,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from esflow import gctune
+from esflow.domain.messages import AGGREGATE_TYPES
 from esflow.messaging.codec import Codec
 from esflow.messaging.kafka import producer_config
 from esflow.messaging.topics import event_topic, wait_until_visible
@@ -64,7 +65,7 @@ from projections.event_log import EventLogProjection
 
 TARGET_RATE = 20_000
 TARGET_SHARE = 0.5
-AGGREGATES = ("product", "order", "account")
+AGGREGATES = AGGREGATE_TYPES
 
 
 class NoopProjection:

@@ -9,7 +9,7 @@ at the edge before the domain sees them.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 from uuid import UUID
 
 from pydantic import SerializeAsAny, model_validator
@@ -17,6 +17,8 @@ from pydantic import SerializeAsAny, model_validator
 from esflow.domain.values import Frozen, Int64, UtcDatetime
 
 AggregateType = Literal["product", "order", "account"]
+AGGREGATE_TYPES: tuple[AggregateType, ...] = get_args(AggregateType)
+"""Every aggregate type, in catalogue order: the one list topics, projections and tools derive from."""
 MessageKind = Literal["command", "event"]
 
 

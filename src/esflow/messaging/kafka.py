@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition, murmur2
 from confluent_kafka.admin import AdminClient
 
 from esflow.errors import BrokerUnavailable, KafkaOperationError
@@ -63,17 +63,31 @@ def admin_client(kafka: KafkaSettings) -> AdminClient:
 
 
 def partition_for(key: bytes, partitions: int) -> int:
-    """The partition Java clients, Faust and our producers (murmur2) put ``key`` on."""
-    from confluent_kafka import murmur2
+    """The partition Java clients, Faust and our producers (murmur2) put ``key`` on.
 
+    librdkafka's own murmur2 (the one ``murmur2_random`` uses), so producer and checker cannot drift;
+    tests/unit/processor/test_partitioning.py holds it to Kafka's Java test vectors.
+    """
     return int(murmur2(key, partitions))
+
+
+_SETTLING = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._UNKNOWN_PARTITION,
+    KafkaError._TIMED_OUT,
+    KafkaError._TRANSPORT,
+}
+"""Errors that metadata settling (new topics, leader moves, restarts) clears without anyone acting."""
 
 
 def watermarks(consumer: Consumer, topic: str, partition: int, *, timeout_s: float = 30.0) -> tuple[int, int]:
     """Low and high watermark of a partition, retrying while leadership settles.
 
     Right after a topic is created (or a broker restarts) metadata can name a leader that does not yet
-    know it leads: the broker answers NOT_LEADER_FOR_PARTITION, which is retriable.
+    know it leads, or none yet: the broker answers NOT_LEADER_FOR_PARTITION or LEADER_NOT_AVAILABLE, and a
+    fresh topic can still be unknown to the broker asked; all of these settle by themselves.
     """
     deadline = time.monotonic() + timeout_s
     while True:
@@ -82,7 +96,7 @@ def watermarks(consumer: Consumer, topic: str, partition: int, *, timeout_s: flo
             return int(low), int(high)
         except KafkaException as exc:
             err = exc.args[0]
-            if not err.retriable() and err.code() != KafkaError.NOT_LEADER_FOR_PARTITION:
+            if not err.retriable() and err.code() not in _SETTLING:
                 raise KafkaOperationError(f"watermarks of {topic}[{partition}]: {err.str()}") from exc
             if time.monotonic() > deadline:
                 raise BrokerUnavailable(f"no leader answered for {topic}[{partition}]: {err.str()}") from exc

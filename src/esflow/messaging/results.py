@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Literal, NamedTuple
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -64,6 +64,22 @@ class EventRef(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     event_id: UUID
+    type: str
+    aggregate_version: int
+    topic: str
+    partition: int
+    offset: int
+
+
+class AppendedEvent(NamedTuple):
+    """:class:`EventRef`'s fields as a plain tuple, for the processor's hot path.
+
+    The processor appends events for every accepted command; building a pydantic model per event only
+    to serialise it again cost more than encoding the event. ``offset`` is -1 until the broker's delivery
+    report names it.
+    """
+
+    event_id: str
     type: str
     aggregate_version: int
     topic: str
@@ -193,7 +209,7 @@ def accepted_json(
     aggregate_type: str,
     aggregate_id: str,
     version: int,
-    events: Sequence[tuple[str, str, int, str, int, int]],
+    events: Sequence[AppendedEvent],
     correlation_id: str | None,
     processed_at: datetime | bytes,
 ) -> bytes:
@@ -201,8 +217,8 @@ def accepted_json(
 
     The processor answers every accepted command; building the result and event-ref models only to dump
     them again cost more than deciding the command. ``command_id``, ``correlation_id`` and each event id
-    are UUID strings in canonical form; ``events`` holds (event_id, type, aggregate_version, topic,
-    partition, offset) per appended event; ``processed_at`` may be given as :func:`datetime_json` bytes.
+    are UUID strings in canonical form; ``events`` holds one :class:`AppendedEvent` per appended event;
+    ``processed_at`` may be given as :func:`datetime_json` bytes.
     A unit test keeps the bytes equal to the model's.
     """
     out = [

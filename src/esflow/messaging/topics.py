@@ -22,10 +22,11 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from esflow.domain.messages import AGGREGATE_TYPES
 from esflow.errors import PartitionChangeRefused, TopicError, translate
 from esflow.settings import TopicSettings
 
-AGGREGATES: tuple[str, ...] = ("product", "order", "account")
+AGGREGATES: tuple[str, ...] = AGGREGATE_TYPES
 
 DAY_MS = 24 * 60 * 60 * 1000
 INFINITE = -1

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from esflow.domain.messages import EventEnvelope
+from esflow.domain.messages import AGGREGATE_TYPES, EventEnvelope
 from esflow.messaging.codec import Codec
 from esflow.messaging.kafka import consumer_config, producer_config, transactional_producer_config
 from esflow.messaging.topics import event_topic, wait_until_visible
@@ -34,7 +34,7 @@ from esflow.settings import KafkaSettings, PostgresSettings, ProjectionSettings,
 from projections.registry import PROJECTIONS
 from tests.support.services import Services
 
-AGGREGATES = ("product", "order", "account")
+AGGREGATES = AGGREGATE_TYPES
 LogEntry = tuple[str, int, int, EventEnvelope]
 
 

@@ -8,9 +8,8 @@ import uuid
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
-from esflow.messaging.kafka import producer_config
+from esflow.messaging.kafka import partition_for, producer_config
 from esflow.messaging.topics import apply, catalogue
-from processors.partitioning import partition_for
 from tests.integration.processor.conftest import RunningFactory
 from tests.integration.processor.kit import Env, Results, Sender, deposit, envelope, open_account, withdraw
 

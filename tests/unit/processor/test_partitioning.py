@@ -1,10 +1,13 @@
+"""The one partitioner (librdkafka's murmur2, as ``murmur2_random`` uses it) agrees with Java's."""
+
 from __future__ import annotations
 
 import pytest
 
-from processors.partitioning import murmur2, partition_for
+from esflow.messaging.kafka import partition_for
 
-# Kafka's own vectors (clients/src/test/java/org/apache/kafka/common/utils/UtilsTest.java, testMurmur2).
+# Kafka's own vectors (clients/src/test/java/org/apache/kafka/common/utils/UtilsTest.java, testMurmur2):
+# Java's signed 32-bit murmur2 of each key; its default partitioner takes toPositive(hash) % n.
 KAFKA_VECTORS = {
     b"21": -973932308,
     b"foobar": -790332482,
@@ -16,10 +19,6 @@ KAFKA_VECTORS = {
 
 
 @pytest.mark.parametrize(("key", "expected"), KAFKA_VECTORS.items())
-def test_murmur2_matches_java(key: bytes, expected: int) -> None:
-    assert murmur2(key) == expected
-
-
-def test_partition_is_the_positive_hash_modulo() -> None:
-    for key, h in KAFKA_VECTORS.items():
-        assert partition_for(key, 6) == (h & 0x7FFFFFFF) % 6
+@pytest.mark.parametrize("partitions", [1, 2, 6, 7, 64, 1000])
+def test_partition_is_javas_positive_hash_modulo(key: bytes, expected: int, partitions: int) -> None:
+    assert partition_for(key, partitions) == (expected & 0x7FFFFFFF) % partitions

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from hypothesis import given
 from hypothesis import strategies as st
 
-from esflow.messaging.results import ACCEPTED_HEADERS, CommandResult, EventRef, accepted_json
+from esflow.messaging.results import ACCEPTED_HEADERS, AppendedEvent, CommandResult, EventRef, accepted_json
 
 # The characters JSON must escape, always among the candidates: random text meets them too rarely.
 names = st.sampled_from(['quo"te', "back\\slash", "tab\there", "ünïcode"]) | st.text(
@@ -39,7 +39,7 @@ def test_accepted_json_equals_the_model(expected: CommandResult) -> None:
         aggregate_id=expected.aggregate_id,
         version=expected.version,
         events=[
-            (str(e.event_id), e.type, e.aggregate_version, e.topic, e.partition, e.offset)
+            AppendedEvent(str(e.event_id), e.type, e.aggregate_version, e.topic, e.partition, e.offset)
             for e in expected.events
         ],
         correlation_id=None if expected.correlation_id is None else str(expected.correlation_id),

@@ -9,7 +9,7 @@ import pytest
 from esflow.domain.aggregates import ACCOUNT, ORDER
 from esflow.domain.aggregates.account import AccountState, AccountStatus
 from esflow.errors import RestoreError
-from esflow.messaging.results import CommandResult, EventRef, accepted_json, datetime_json
+from esflow.messaging.results import AppendedEvent, CommandResult, EventRef, accepted_json, datetime_json
 from processors.state import AggregateRecord, PartitionCache, ResultSlot, compact_entry
 
 
@@ -118,7 +118,7 @@ def _accepted_slot(command_id: str, version: int, events: int) -> tuple[ResultSl
     """A slot filled the way the processor fills an accepted command's, and the model it stands for."""
     now = datetime.now(UTC)
     refs = [
-        [str(uuid.uuid4()), "FundsDeposited", version - events + i, "events.account", 4, 100 + i]
+        AppendedEvent(str(uuid.uuid4()), "FundsDeposited", version - events + i, "events.account", 4, 100 + i)
         for i in range(1, events + 1)
     ]
     corr = str(uuid.uuid4())
@@ -140,7 +140,7 @@ def _accepted_slot(command_id: str, version: int, events: int) -> tuple[ResultSl
     slot.fill(
         accepted_json(
             command_id=command_id, aggregate_type="account", aggregate_id="acc-1", version=version,
-            events=[tuple(r) for r in refs], correlation_id=corr, processed_at=at,  # type: ignore[misc]
+            events=refs, correlation_id=corr, processed_at=at,
         ),
         compact_entry(command_id, version, corr, at, refs),
     )  # fmt: skip
