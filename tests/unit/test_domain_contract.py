@@ -8,6 +8,7 @@ the bad-input constants of ``esflow.messaging.results`` and their uses in the pr
 from __future__ import annotations
 
 import ast
+import json
 import re
 from collections import defaultdict
 from collections.abc import Iterator
@@ -16,14 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from esflow.domain import reasons
 from esflow.domain.aggregates import AGGREGATES, Rejection
 from esflow.domain.catalog import commands_of
 from esflow.domain.messages import AggregateType
+from esflow.errors import SchemaError
 from esflow.messaging import result_schema
 from esflow.messaging import results as rc
 from esflow.messaging.kafka import partition_for as confluent_partition_for
+from ops.schemas import schemas
 from processors import processor
 from processors.partitioning import murmur2, partition_for
 
@@ -311,6 +315,18 @@ def test_the_result_schema_takes_one_of_several_models() -> None:
     assert schema["$defs"]["CommandResult"]["required"] == ["command_id", "status", "processed_at"]
     with pytest.raises(ValueError):
         result_schema.result_json_schema(())
+
+
+def test_the_cli_writes_the_schema_and_checks_it(tmp_path: Path) -> None:
+    run = CliRunner().invoke
+    path = tmp_path / result_schema.RESULT_SCHEMA_PATH
+    stale = run(schemas, ["results", "--dir", str(tmp_path), "--check"])
+    assert isinstance(stale.exception, SchemaError) and "esflow schemas results" in str(stale.exception.hint)
+    wrote = run(schemas, ["results", "--dir", str(tmp_path)])
+    assert wrote.exit_code == 0, wrote.output
+    assert json.loads(path.read_text()) == result_schema.result_json_schema()
+    current = run(schemas, ["results", "--dir", str(tmp_path), "--check"])
+    assert current.exit_code == 0, current.output
 
 
 # ------------------------------------------------------------------------------ partitioning
