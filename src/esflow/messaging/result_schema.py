@@ -17,10 +17,10 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from esflow.messaging.results import CommandResult
+from esflow.messaging import results
 
-RESULT_MODELS: tuple[type[BaseModel], ...] = (CommandResult,)
-"""Every model a ``command-results`` value can be; the schema accepts exactly one of them."""
+RESULT_MODELS: tuple[type[BaseModel], ...] = (results.CommandResult,)
+"""Every model a ``command-results`` value can be; the schema accepts exactly one of them (``oneOf``)."""
 
 RESULT_SCHEMA_PATH = Path("results") / "command-result.schema.json"
 """Where the schema lives, relative to the schema root (``schemas/``)."""
