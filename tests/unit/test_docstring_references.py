@@ -1,4 +1,4 @@
-"""Docstrings point only at things that exist: repository paths, and Sphinx cross-references.
+"""Docstrings and comments point only at things that exist: repository paths, and Sphinx cross-references.
 
 A docstring naming a repository path or a root document after it moved or vanished sends readers (and
 third parties reading the source for the contract) nowhere; these tests make such a pointer fail.
@@ -10,6 +10,7 @@ import ast
 import builtins
 import importlib
 import re
+import tokenize
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -51,6 +52,18 @@ def _docstrings() -> list[tuple[Path, str | None, str, str]]:
     return out
 
 
+@cache
+def _texts() -> list[tuple[Path, str, str]]:
+    """(file, where, text) of every docstring and every comment."""
+    out = [(path, name, doc) for path, _, name, doc in _docstrings()]
+    for path in _sources():
+        with path.open(encoding="utf-8") as source:
+            for token in tokenize.generate_tokens(source.readline):
+                if token.type == tokenize.COMMENT:
+                    out.append((path, f"line {token.start[0]}", token.string))
+    return out
+
+
 def _paths(doc: str) -> Iterator[str]:
     for match in PATH.finditer(doc):
         token = match.group(1).rstrip(".,:;")
@@ -68,26 +81,27 @@ def test_the_scan_finds_paths_and_root_files() -> None:
     assert list(_paths(doc)) == ["processors/state.py", "docs/bi.md"]
     assert ROOT_FILE.findall(doc) == ["README.md"]
     assert len(_docstrings()) > 500
+    assert len(_texts()) > len(_docstrings())
 
 
-def test_docstring_paths_exist() -> None:
+def test_docstring_and_comment_paths_exist() -> None:
     missing = [
         f"{path.relative_to(ROOT)} ({name}): {token}"
-        for path, _, name, doc in _docstrings()
+        for path, name, doc in _texts()
         for token in _paths(doc)
         if not _exists(token)
     ]
-    assert not missing, "docstrings name paths that do not exist:\n" + "\n".join(missing)
+    assert not missing, "docstrings or comments name paths that do not exist:\n" + "\n".join(missing)
 
 
-def test_docstring_root_files_exist() -> None:
+def test_docstring_and_comment_root_files_exist() -> None:
     missing = [
         f"{path.relative_to(ROOT)} ({name}): {token}"
-        for path, _, name, doc in _docstrings()
+        for path, name, doc in _texts()
         for token in ROOT_FILE.findall(doc)
         if not (ROOT / token).exists() and not (ROOT / "docs" / token).exists()
     ]
-    assert not missing, "docstrings name files that do not exist:\n" + "\n".join(missing)
+    assert not missing, "docstrings or comments name files that do not exist:\n" + "\n".join(missing)
 
 
 def _module_name(path: Path) -> str:
