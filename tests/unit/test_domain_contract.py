@@ -167,13 +167,22 @@ def _codes_per_command(module: str) -> dict[str, set[str]]:
     }
 
 
+def _statuses() -> set[str]:
+    """Every ``status`` a result value can have (``accepted``…): snake-case words that are not reasons."""
+    out: set[str] = set()
+    for definition in result_schema.result_json_schema()["$defs"].values():
+        status = definition["properties"].get("status", {})
+        out |= set(status.get("enum", ())) | ({status["const"]} if "const" in status else set())
+    return out
+
+
 def _bad_input_codes() -> set[str]:
     """The reason codes of ``esflow.messaging.results``: constants named after their value."""
     return {
         value
         for name, value in vars(rc).items()
         if isinstance(value, str) and CODE.match(value) and name == value.upper()
-    }
+    } - _statuses()
 
 
 # ------------------------------------------------------------------------------ the registry
@@ -200,6 +209,7 @@ def test_business_and_bad_input_codes_are_disjoint() -> None:
     bad = _bad_input_codes()
     assert len(bad) >= 7
     assert not bad & reasons.BUSINESS_REASONS
+    assert {"accepted", "rejected"} <= _statuses()
 
 
 def test_the_processor_dead_letters_only_documented_bad_input_codes() -> None:
@@ -214,6 +224,7 @@ def test_the_processor_dead_letters_only_documented_bad_input_codes() -> None:
         and isinstance(getattr(rc, node.attr, None), str)
         and CODE.match(getattr(rc, node.attr))
     }
+    named -= _statuses()
     assert named, "the processor names no reason code of esflow.messaging.results"
     assert named <= _bad_input_codes()
 
