@@ -36,6 +36,7 @@ DOCS = ROOT / "docs" / "domain.md"
 AGGREGATES_DIR = ROOT / "src" / "esflow" / "domain" / "aggregates"
 CODE = re.compile(r"^[a-z][a-z0-9_]*$")
 TICKED = re.compile(r"`([^`]+)`")
+ANSWERS = "## Who may answer: answers and dead-letter reports on `command-results`"
 
 
 @cache
@@ -289,7 +290,7 @@ def test_each_command_documents_exactly_the_codes_it_can_give(aggregate_type: Ag
 @pytest.mark.parametrize("name", sorted(result_schema.result_json_schema()["$defs"]))
 def test_every_result_field_is_documented_in_order(name: str) -> None:
     definition = result_schema.result_json_schema()["$defs"][name]
-    answers = _section("## Who may answer: the `command-results` topic")
+    answers = _section(ANSWERS)
     level = "####" if f"#### `{name}`" in answers else "###"
     rows = _table(_section(f"{level} `{name}`", answers))
     documented = [_ticked(row[0])[0] for row in rows]
@@ -307,7 +308,7 @@ def test_every_result_header_is_documented() -> None:
 
 
 def test_every_dead_letter_header_is_documented() -> None:
-    section = _section("### `DeadLetterReport`", _section("## Who may answer: the `command-results` topic"))
+    section = _section("### `DeadLetterReport`", _section(ANSWERS))
     names = [v for k, v in vars(processor).items() if k.startswith("DLQ_") and isinstance(v, str)]
     assert len(names) >= 5
     for name in names:

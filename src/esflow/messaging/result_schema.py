@@ -19,7 +19,7 @@ from pydantic.json_schema import models_json_schema
 
 from esflow.messaging import results
 
-RESULT_MODELS: tuple[type[BaseModel], ...] = (results.CommandResult,)
+RESULT_MODELS: tuple[type[BaseModel], ...] = (results.CommandResult, results.DeadLetterReport)
 """Every model a ``command-results`` value can be; the schema accepts exactly one of them (``oneOf``)."""
 
 RESULT_SCHEMA_PATH = Path("results") / "command-result.schema.json"
