@@ -1,4 +1,4 @@
-"""`esflow schemas …`: check the Avro contract, push it to a schema registry."""
+"""`esflow schemas …`: check the Avro contract, push it to a schema registry, generate the result schema."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from esflow.errors import ConfigError, SchemaError
+from esflow.messaging import result_schema
 from esflow.messaging.registry import ConfluentFraming, topic_for
 from esflow.messaging.schemas import SchemaCatalog, SchemaVersion, check
 from esflow.messaging.upcasting import DEFAULT_UPCASTERS
@@ -69,3 +70,20 @@ def register_cmd(directory: Path | None, url: str | None) -> None:
     )
     for subject, schema_id, schema in registered:
         click.echo(f"{subject} v{schema.version} -> id {schema_id}")
+
+
+@schemas.command("results")
+@click.option("--dir", "directory", type=click.Path(path_type=Path), help="Schema root (default: settings).")
+@click.option("--check", "check_only", is_flag=True, help="Only fail when the committed file is stale.")
+def results_cmd(directory: Path | None, check_only: bool) -> None:
+    """Write the JSON Schema of command-results values (results/command-result.schema.json)."""
+    path = (directory or load_settings().schemas.dir) / result_schema.RESULT_SCHEMA_PATH
+    if check_only:
+        if not result_schema.is_current(path):
+            raise SchemaError(
+                f"{path} is not what the result models generate", hint="run `esflow schemas results`"
+            )
+        click.echo(f"{path} is current")
+        return
+    result_schema.write(path)
+    click.echo(f"wrote {path}")

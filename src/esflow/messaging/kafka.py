@@ -1,7 +1,9 @@
 """Thin confluent-kafka helpers: client configuration in one place, from the settings.
 
-The traps these defaults close are listed in DEVELOPERS.md: librdkafka's default partitioner differs
-from Java's, and isolation levels differ between client libraries, so both are always set explicitly.
+Two traps are closed here for every client, by setting both explicitly: librdkafka's default partitioner
+is not the murmur2 of Java, aiokafka and Faust, so keys would land on other partitions (docs/domain.md,
+"Topic, value, key and partition"); and isolation levels differ between client libraries (README.md,
+"The projections").
 """
 
 from __future__ import annotations

@@ -39,11 +39,8 @@ from esflow.domain.aggregates.base import (
     reject,
 )
 from esflow.domain.messages import Command, Event
+from esflow.domain.reasons import BALANCE_NOT_ZERO, INSUFFICIENT_FUNDS, INVALID_AMOUNT, UNKNOWN_COMMAND
 from esflow.domain.values import Frozen, Money
-
-INVALID_AMOUNT = "invalid_amount"
-INSUFFICIENT_FUNDS = "insufficient_funds"
-BALANCE_NOT_ZERO = "balance_not_zero"
 
 
 class AccountStatus(StrEnum):
@@ -117,7 +114,7 @@ def decide(state: AccountState | None, command: Command) -> Decision:
                     balance=str(state.balance),
                 )
             return (AccountClosed(),)
-    return reject("unknown_command", f"{command.type_name()} is not an account command")
+    return reject(UNKNOWN_COMMAND, f"{command.type_name()} is not an account command")
 
 
 def evolve(state: AccountState | None, event: Event) -> AccountState:

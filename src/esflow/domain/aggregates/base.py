@@ -14,9 +14,18 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Generic, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from esflow.domain.messages import AggregateType, Command, Event
+from esflow.domain.reasons import (
+    ALREADY_EXISTS,
+    BUSINESS_REASONS,
+    CURRENCY_MISMATCH,
+    INVALID_STATE,
+    NOT_FOUND,
+    UNKNOWN_COMMAND,
+    VERSION_CONFLICT,
+)
 from esflow.domain.values import Frozen, Money
 
 S = TypeVar("S", bound=BaseModel)
@@ -31,17 +40,17 @@ class Rejection(Frozen):
     message: str
     details: Mapping[str, Detail] = Field(default_factory=dict)
 
+    @field_validator("code")
+    @classmethod
+    def _registered(cls, code: str) -> str:
+        # A code is part of the contract: one that is not in the registry is also not in the docs.
+        if code not in BUSINESS_REASONS:
+            raise ValueError(f"{code!r} is not a reason code of esflow.domain.reasons")
+        return code
+
 
 Decision = tuple[Event, ...] | Rejection
 """What ``decide`` returns: the events to append (possibly none) or the reason for refusing."""
-
-# Reason codes shared by every aggregate (each aggregate adds its own).
-NOT_FOUND = "not_found"
-ALREADY_EXISTS = "already_exists"
-VERSION_CONFLICT = "version_conflict"
-UNKNOWN_COMMAND = "unknown_command"
-INVALID_STATE = "invalid_state"
-CURRENCY_MISMATCH = "currency_mismatch"
 
 
 def reject(code: str, message: str, **details: Detail) -> Rejection:

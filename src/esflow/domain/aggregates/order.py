@@ -55,17 +55,19 @@ from esflow.domain.order import (
     ShippingAddressUpdated,
     UpdateShippingAddress,
 )
+from esflow.domain.reasons import (
+    AMOUNT_MISMATCH,
+    DUPLICATE_ITEM,
+    EMPTY_ORDER,
+    INVALID_AMOUNT,
+    INVALID_PRICE,
+    INVALID_QUANTITY,
+    ITEM_NOT_FOUND,
+    NOT_PAID,
+    REFUND_EXCEEDS_PAYMENT,
+    UNKNOWN_COMMAND,
+)
 from esflow.domain.values import Address, Frozen, OrderItem
-
-EMPTY_ORDER = "empty_order"
-INVALID_QUANTITY = "invalid_quantity"
-INVALID_PRICE = "invalid_price"
-DUPLICATE_ITEM = "duplicate_item"
-ITEM_NOT_FOUND = "item_not_found"
-AMOUNT_MISMATCH = "amount_mismatch"
-INVALID_AMOUNT = "invalid_amount"
-NOT_PAID = "not_paid"
-REFUND_EXCEEDS_PAYMENT = "refund_exceeds_payment"
 
 
 class OrderStatus(StrEnum):
@@ -198,7 +200,7 @@ def decide(state: OrderState | None, command: Command) -> Decision:
                     requested=str(amount.amount),
                 )
             return (OrderRefunded(amount=amount, reason=reason),)
-    return reject("unknown_command", f"{command.type_name()} is not an order command")
+    return reject(UNKNOWN_COMMAND, f"{command.type_name()} is not an order command")
 
 
 def _status(state: OrderState, status: OrderStatus) -> OrderState:

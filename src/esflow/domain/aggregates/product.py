@@ -40,14 +40,16 @@ from esflow.domain.product import (
     StockReleased,
     StockReserved,
 )
+from esflow.domain.reasons import (
+    ALREADY_RESERVED,
+    INSUFFICIENT_STOCK,
+    INVALID_PRICE,
+    INVALID_QUANTITY,
+    NO_RESERVATION,
+    PRODUCT_DISCONTINUED,
+    UNKNOWN_COMMAND,
+)
 from esflow.domain.values import Frozen, Money
-
-INVALID_PRICE = "invalid_price"
-INVALID_QUANTITY = "invalid_quantity"
-INSUFFICIENT_STOCK = "insufficient_stock"
-ALREADY_RESERVED = "already_reserved"
-NO_RESERVATION = "no_reservation"
-DISCONTINUED = "product_discontinued"
 
 
 class ProductState(Frozen):
@@ -89,7 +91,7 @@ def decide(state: ProductState | None, command: Command) -> Decision:
     match command:
         case ChangePrice(price=price):
             if state.discontinued:
-                return reject(DISCONTINUED, "a discontinued product keeps its last price")
+                return reject(PRODUCT_DISCONTINUED, "a discontinued product keeps its last price")
             if price.currency != state.price.currency:
                 return currency_mismatch(state.price.currency, price.currency)
             if not positive(price):
@@ -101,7 +103,7 @@ def decide(state: ProductState | None, command: Command) -> Decision:
             return (StockReceived(quantity=quantity),)
         case ReserveStock(order_id=order_id, quantity=quantity):
             if state.discontinued:
-                return reject(DISCONTINUED, "a discontinued product takes no new reservations")
+                return reject(PRODUCT_DISCONTINUED, "a discontinued product takes no new reservations")
             if quantity <= 0:
                 return reject(INVALID_QUANTITY, "the quantity must be positive", quantity=quantity)
             held = state.reservations.get(order_id)
@@ -129,9 +131,9 @@ def decide(state: ProductState | None, command: Command) -> Decision:
             return (StockReleased(order_id=order_id, quantity=held),)
         case DiscontinueProduct(reason=reason):
             if state.discontinued:
-                return reject(DISCONTINUED, "the product is already discontinued")
+                return reject(PRODUCT_DISCONTINUED, "the product is already discontinued")
             return (ProductDiscontinued(reason=reason),)
-    return reject("unknown_command", f"{command.type_name()} is not a product command")
+    return reject(UNKNOWN_COMMAND, f"{command.type_name()} is not a product command")
 
 
 def evolve(state: ProductState | None, event: Event) -> ProductState:
