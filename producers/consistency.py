@@ -6,6 +6,13 @@ the checkpoint is written in the same transaction as the rows, so from then on a
 The checkpoints read are the live version's (the one the `bi` views show): a version switch happens only
 when the new version has applied at least as much of every partition, so a token once passed stays
 passed for readers of the views.
+
+Decision (issue "one home for each thing"): the SDK reads the checkpoints through the read-model
+registry (``esflow.readmodel.versions``) directly rather than through a freshness service. The
+checkpoint that proves a write visible lives in the same database as the rows, so any freshness API would
+be this query behind one more hop. The cost, SQL drivers, is paid only by code that waits: this module is
+the only part of the SDK that imports them, and an import-linter contract ("A command client loads no
+SQL") keeps ``producers.client`` from importing it.
 """
 
 from __future__ import annotations
