@@ -79,6 +79,7 @@ from processors.state import HEADER_EVENTS_UNTIL, AggregateRecord, PartitionCach
 log = logging.getLogger("esflow.processor")
 
 # Dead-letter headers: the reason and where the original came from (its own headers are kept too).
+DLQ_PREFIX = "esflow-dlq-"
 DLQ_REASON = "esflow-dlq-reason"
 DLQ_ERROR = "esflow-dlq-error"
 DLQ_TOPIC = "esflow-dlq-topic"
@@ -699,7 +700,9 @@ class Processor:
         """
         batch.counts[(aggregate.aggregate_type, "dead_letter", reason)] += 1
         topic, partition, offset = _where(message)
-        headers = _headers(message)
+        # The record's own headers are kept, except any that pose as ours: a dead-letter reader must find
+        # exactly one reason and one source position, the processor's.
+        headers = [(n, v) for n, v in _headers(message) if not n.startswith(DLQ_PREFIX)]
         headers += [
             (DLQ_REASON, reason.encode()),
             (DLQ_ERROR, error[:2000].encode()),

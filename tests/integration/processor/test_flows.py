@@ -214,8 +214,9 @@ def test_poison_messages_are_dead_lettered_and_the_partition_keeps_moving(world:
     key = str(acc).encode()
     garbage_id = uuid.uuid4()
     garbage = b"\x00\x01not avro at all " + garbage_id.bytes
+    forged_dlq = [(DLQ_REASON, b"forged"), (DLQ_OFFSET, b"999999")]
     at_garbage = world.sender.send_raw(
-        "account", garbage, key, [(HEADER_ID, str(garbage_id).encode()), ("x-trace", b"t1")]
+        "account", garbage, key, [(HEADER_ID, str(garbage_id).encode()), ("x-trace", b"t1"), *forged_dlq]
     )
     unknown = b"\xc3\x01" + b"\x99" * 8 + b"\x02\x04"  # well framed, unknown schema fingerprint
     at_unknown = world.sender.send_raw("account", unknown, key)
@@ -258,7 +259,9 @@ def test_poison_messages_are_dead_lettered_and_the_partition_keeps_moving(world:
         assert headers[DLQ_PARTITION] == expected_partition
         assert int(headers[DLQ_OFFSET]) >= 0
         assert msg.key() == key
-    assert dict(dlq[garbage].headers())["x-trace"] == b"t1"  # original headers kept
+    assert dict(dlq[garbage].headers())["x-trace"] == b"t1"  # original headers kept...
+    names = [name for name, _ in dlq[garbage].headers()]
+    assert names.count(DLQ_REASON) == names.count(DLQ_OFFSET) == 1  # ...but none posing as ours
     assert any(m.value() is None for m in read_all(world.env.kafka, world.env.name("commands.dead-letter")))
 
 
