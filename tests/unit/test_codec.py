@@ -138,8 +138,20 @@ def test_decoding_an_event_refuses_a_command() -> None:
     assert schema is not None
     data = CODEC.encode(envelope_from_record("PlaceOrder", sample_record(schema)))
     assert isinstance(CODEC.decode(data, kind="command").command, PlaceOrder)
-    with pytest.raises(DecodeError, match="expected an event"):
+    assert isinstance(CODEC.decode(data).command, PlaceOrder)
+    with pytest.raises(DecodeError, match="expected an event") as caught:
         CODEC.decode(data, kind="event", topic="events.order", partition=0, offset=1)
+    assert (caught.value.topic, caught.value.partition, caught.value.offset) == ("events.order", 0, 1)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "reference"])
+def test_decoding_a_command_refuses_an_event(compiled: bool) -> None:
+    codec = Codec(CATALOG, compiled=compiled)
+    envelope = order_placed()
+    data = codec.encode(envelope)
+    assert codec.decode(data, kind="event") == envelope
+    with pytest.raises(DecodeError, match="expected a command, got the event OrderPlaced"):
+        codec.decode(data, kind="command")
 
 
 def test_key_is_aggregate_id_and_headers_name_the_type() -> None:
