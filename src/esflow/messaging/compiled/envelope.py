@@ -12,8 +12,7 @@ from pydantic_core import CoreSchema, SchemaValidator
 
 from esflow.domain.catalog import MessageSpec
 from esflow.domain.messages import CommandEnvelope, Envelope, EventEnvelope
-
-Record = dict[str, Any]
+from esflow.messaging.upcasting import Record
 
 
 def envelope_validator(spec: MessageSpec) -> Callable[[Any], Envelope] | None:
