@@ -203,7 +203,7 @@ class Codec:
             fast = self._by_header.get(data[:SINGLE_OBJECT_HEADER_LEN]) if type(data) is bytes else None
             envelope = fast.envelope(data, SINGLE_OBJECT_HEADER_LEN) if fast is not None else None
             if envelope is None:
-                envelope = self._decode_unframed(data, first_sight=fast is None)
+                envelope = self._decode_cold(data, first_sight=fast is None)
             if kind is not None:
                 check_kind(envelope, kind)
             return envelope
@@ -213,8 +213,8 @@ class Codec:
                 raise
             raise located from exc
 
-    def _decode_unframed(self, data: bytes, *, first_sight: bool) -> Envelope:
-        """Decoding past the hot path: unframe, try the fast decoder unless it just refused, else resolve."""
+    def _decode_cold(self, data: bytes, *, first_sight: bool) -> Envelope:
+        """Past the hot path: unframe, the fast decoder unless it just refused, else the reference path."""
         data, writer, start = self._unframe(data)
         if first_sight:
             fast = self._fast_decoder(writer)
