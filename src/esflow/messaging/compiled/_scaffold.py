@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-PRIMITIVE_TYPES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
+from esflow.messaging.expansion import PRIMITIVES
 
 
 class NotCanonical(Exception):
@@ -68,7 +68,7 @@ class SchemaCompiler:
             self.union(schema, name, indent)
             return
         if isinstance(schema, str):
-            if schema in PRIMITIVE_TYPES:
+            if schema in PRIMITIVES:
                 self.primitive(schema, name, indent)
                 return
             if schema not in self.named or schema in self.active:

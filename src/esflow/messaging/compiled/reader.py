@@ -14,13 +14,8 @@ from typing import Any
 from fastavro.read import LOGICAL_READERS
 from fastavro.schema import extract_logical_type
 
-from esflow.messaging.compiled._scaffold import (
-    PRIMITIVE_TYPES,
-    NotCanonical,
-    SchemaCompiler,
-    Unsupported,
-    generate,
-)
+from esflow.messaging.compiled._scaffold import NotCanonical, SchemaCompiler, Unsupported, generate
+from esflow.messaging.expansion import PRIMITIVES
 
 _STRUCT_FLOAT = struct.Struct("<f").unpack_from
 _STRUCT_DOUBLE = struct.Struct("<d").unpack_from
@@ -87,11 +82,11 @@ class _ReaderCompiler(SchemaCompiler):
         kind = schema["type"]
         if isinstance(kind, dict | list) or (
             isinstance(kind, str)
-            and kind not in PRIMITIVE_TYPES
+            and kind not in PRIMITIVES
             and kind not in ("record", "error", "enum", "fixed", "array", "map")
         ):
             self.value(kind, target, indent)
-        elif kind in PRIMITIVE_TYPES:
+        elif kind in PRIMITIVES:
             self.primitive(kind, target, indent)
         elif kind in ("record", "error"):
             self.record(schema, target, indent)

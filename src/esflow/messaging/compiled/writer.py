@@ -12,7 +12,8 @@ from typing import Any
 from fastavro.schema import extract_logical_type
 from fastavro.write import LOGICAL_WRITERS
 
-from esflow.messaging.compiled._scaffold import PRIMITIVE_TYPES, SchemaCompiler, Unsupported, generate
+from esflow.messaging.compiled._scaffold import SchemaCompiler, Unsupported, generate
+from esflow.messaging.expansion import PRIMITIVES
 
 _UNION_PLAIN_BRANCHES = {"string": "str", "bytes": "bytes", "long": "int", "int": "int", "boolean": "bool"}
 _ZIGZAG_BYTES = tuple(bytes([n]) for n in range(128))
@@ -73,7 +74,7 @@ class _WriterCompiler(SchemaCompiler):
                 else:
                     self.emit(indent, f"{prepared} = {fn}({source}, {sch})")
                 source = prepared
-        if kind in PRIMITIVE_TYPES:
+        if kind in PRIMITIVES:
             self.primitive(kind, source, indent)
         elif kind == "record":
             with self.defining(schema):
