@@ -8,8 +8,9 @@ import click
 
 from esflow.errors import ConfigError, SchemaError
 from esflow.messaging import result_schema
+from esflow.messaging.contract import check
 from esflow.messaging.registry import ConfluentFraming, topic_for
-from esflow.messaging.schemas import SchemaCatalog, SchemaVersion, check
+from esflow.messaging.schemas import SchemaCatalog, SchemaVersion
 from esflow.messaging.upcasting import DEFAULT_UPCASTERS
 from esflow.settings import load_settings
 

@@ -458,8 +458,12 @@ class Processor:
         aggregate = self._by_topic[topic]
         value = message.value()
         try:
-            envelope = self.codec.decode_command(
-                value if value is not None else b"", topic=topic, partition=partition, offset=offset
+            envelope = self.codec.decode(
+                value if value is not None else b"",
+                kind="command",
+                topic=topic,
+                partition=partition,
+                offset=offset,
             )
         except CodecError as exc:
             reason = (

@@ -110,8 +110,8 @@ def restore_partition(
 
     def on_event(msg: Any) -> None:
         try:
-            env = codec.decode_event(
-                msg.value() or b"", topic=msg.topic(), partition=partition, offset=msg.offset()
+            env = codec.decode(
+                msg.value() or b"", kind="event", topic=msg.topic(), partition=partition, offset=msg.offset()
             )
         except CodecError as exc:
             raise RestoreError(f"cannot fold the event log: {exc.message}") from exc

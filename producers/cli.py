@@ -290,7 +290,9 @@ def load_history(aggregate_type: str, aggregate_id: uuid.UUID) -> list[EventEnve
     topic = event_topic(aggregate_type, settings.topics)
     key = str(aggregate_id).encode()
     events = [
-        codec.decode_event(msg.value() or b"", topic=topic, partition=msg.partition(), offset=msg.offset())
+        codec.decode(
+            msg.value() or b"", kind="event", topic=topic, partition=msg.partition(), offset=msg.offset()
+        )
         for msg in read_to_end(settings.kafka, topic, key=key)
         if msg.key() == key
     ]

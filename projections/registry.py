@@ -51,8 +51,8 @@ class EnvelopeDecoder:
         raises :class:`MisroutedRecord` and is dead-lettered, so a record cannot change the rows of an
         aggregate it does not belong to.
         """
-        envelope = self.codec.decode_event(
-            raw.value or b"", topic=raw.topic, partition=raw.partition, offset=raw.offset
+        envelope = self.codec.decode(
+            raw.value or b"", kind="event", topic=raw.topic, partition=raw.partition, offset=raw.offset
         )
         meta = envelope.metadata
         if (

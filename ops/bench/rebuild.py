@@ -177,7 +177,7 @@ def bench_decode(kafka: KafkaSettings, topic: str, partitions: int, batch: int) 
                         continue
                     raise SystemExit(f"consumer error: {err.str()}")
                 value, partition, offset = msg.value() or b"", msg.partition(), msg.offset()
-                codec.decode_event(value, topic=topic, partition=partition, offset=offset)
+                codec.decode(value, kind="event", topic=topic, partition=partition, offset=offset)
                 count += 1
         return Figure("decode baseline (consume + codec)", count, time.perf_counter() - started)
     finally:

@@ -35,7 +35,8 @@ from esflow.errors import (
     SchemaValidationError,
     UnknownSchemaError,
 )
-from esflow.messaging.codec import SINGLE_OBJECT_MAGIC, Codec
+from esflow.messaging.codec import Codec
+from esflow.messaging.framing import SINGLE_OBJECT_MAGIC
 from esflow.messaging.samples import sample_record
 from esflow.messaging.schemas import SchemaCatalog, SchemaVersion
 from esflow.settings import SchemaSettings
@@ -110,7 +111,7 @@ def test_every_newest_type_round_trips_through_models(schema: SchemaVersion) -> 
 
 def test_order_placed_round_trip_keeps_types_and_precision() -> None:
     envelope = order_placed()
-    decoded = CODEC.decode_event(CODEC.encode(envelope))
+    decoded = CODEC.decode(CODEC.encode(envelope), kind="event")
     assert decoded == envelope
     event = decoded.event
     assert isinstance(event, OrderPlaced)
@@ -127,18 +128,29 @@ def test_times_are_stored_as_utc() -> None:
     moved = EventEnvelope(
         metadata=envelope.metadata.model_copy(update={"occurred_at": local}), event=envelope.event
     )
-    decoded = CODEC.decode_event(CODEC.encode(moved))
+    decoded = CODEC.decode(CODEC.encode(moved), kind="event")
     assert decoded.metadata.occurred_at == envelope.metadata.occurred_at
     assert decoded.metadata.occurred_at.utcoffset() == timedelta(0)
 
 
-def test_decode_event_refuses_a_command() -> None:
+def test_decoding_an_event_refuses_a_command() -> None:
     schema = CATALOG.latest("PlaceOrder")
     assert schema is not None
     data = CODEC.encode(envelope_from_record("PlaceOrder", sample_record(schema)))
-    assert isinstance(CODEC.decode_command(data).command, PlaceOrder)
-    with pytest.raises(DecodeError, match="expected an event"):
-        CODEC.decode_event(data, topic="events.order", partition=0, offset=1)
+    assert isinstance(CODEC.decode(data, kind="command").command, PlaceOrder)
+    with pytest.raises(DecodeError, match="expected an event") as caught:
+        CODEC.decode(data, kind="event", topic="events.order", partition=0, offset=1)
+    assert (caught.value.topic, caught.value.partition, caught.value.offset) == ("events.order", 0, 1)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "reference"])
+def test_decoding_a_command_refuses_an_event(compiled: bool) -> None:
+    codec = Codec(CATALOG, compiled=compiled)
+    envelope = order_placed()
+    data = codec.encode(envelope)
+    assert codec.decode(data, kind="event") == envelope
+    with pytest.raises(DecodeError, match="expected a command, got the event OrderPlaced"):
+        codec.decode(data, kind="command")
 
 
 def test_key_is_aggregate_id_and_headers_name_the_type() -> None:
@@ -196,7 +208,7 @@ def test_no_stray_golden_files() -> None:
 def test_golden_v1_order_placed_reads_as_v2_with_the_default_channel() -> None:
     v1 = CATALOG.get("OrderPlaced", 1)
     assert v1 is not None
-    envelope = CODEC.decode_event(golden_path(v1).read_bytes())
+    envelope = CODEC.decode(golden_path(v1).read_bytes(), kind="event")
     assert isinstance(envelope.event, OrderPlaced)
     assert envelope.event.sales_channel is SalesChannel.UNKNOWN
     expected = sample_record(v1)
@@ -207,7 +219,7 @@ def test_golden_v1_order_placed_reads_as_v2_with_the_default_channel() -> None:
 def test_golden_v1_price_changed_is_upcast_to_money() -> None:
     v1 = CATALOG.get("PriceChanged", 1)
     assert v1 is not None
-    envelope = CODEC.decode_event(golden_path(v1).read_bytes())
+    envelope = CODEC.decode(golden_path(v1).read_bytes(), kind="event")
     assert isinstance(envelope.event, PriceChanged)
     cents = sample_record(v1)["price_cents"]
     assert envelope.event.price == Money(amount=Decimal(cents) / 100, currency="EUR")

@@ -6,7 +6,6 @@ same typed error and message, as through fastavro and the model-by-model validat
 
 from __future__ import annotations
 
-import collections
 import io
 from datetime import UTC
 from decimal import Decimal
@@ -21,7 +20,8 @@ from hypothesis import strategies as st
 from esflow.domain.catalog import MESSAGE_TYPES
 from esflow.domain.messages import Envelope
 from esflow.errors import CodecError
-from esflow.messaging.codec import Codec, compile_reader, compile_writer, envelope_validator
+from esflow.messaging.codec import Codec
+from esflow.messaging.compiled import compile_reader, compile_writer, envelope_validator
 from esflow.messaging.samples import sample_record
 from esflow.messaging.schemas import SchemaCatalog, SchemaVersion
 
@@ -39,10 +39,13 @@ PROFILE = settings(
 )
 
 
+REFERENCE = Codec(CATALOG, compiled=False)
+"""The reference path for every message: fastavro, resolution, model-by-model validation."""
+
+
 def full_path(data: bytes) -> Envelope:
-    """What :meth:`Codec.decode` did before the fast path: fastavro, resolution, three validations."""
-    data, writer, start = CODEC._unframe(data)
-    return CODEC._to_envelope(CODEC._resolve(data, writer, start))
+    """What :meth:`Codec.decode` does without the compiled door: fastavro, resolution, three validations."""
+    return REFERENCE.decode(data)
 
 
 def outcome(fn: Any, data: Any) -> tuple[str, Any]:
@@ -74,7 +77,7 @@ def test_every_newest_type_has_a_fast_path_equal_to_the_full_path(schema: Schema
     decoded = CODEC.decode(data)
     assert decoded == full_path(data)
     assert type(decoded) is type(full_path(data))
-    assert CODEC.decode_record(data).record == CODEC._resolve(*CODEC._unframe(data)).record
+    assert CODEC.decode_record(data).record == REFERENCE.decode_record(data).record
 
 
 def test_the_typical_order_takes_the_fast_path() -> None:
@@ -409,8 +412,17 @@ def test_encode_record_behaves_as_through_fastavro(schema: SchemaVersion, data: 
         target[key] = data.draw(junk)
 
     def through_fastavro(rec: dict[str, Any]) -> bytes:
-        codec = Codec(CATALOG)
-        codec._writers = collections.defaultdict(lambda: None)
-        return codec.encode_record(schema.name, rec)
+        return REFERENCE.encode_record(schema.name, rec)
 
     assert outcome(lambda r: CODEC.encode_record(schema.name, r), record) == outcome(through_fastavro, record)
+
+
+def test_the_reference_codec_never_takes_the_compiled_path() -> None:
+    for data in VALID:
+        REFERENCE.decode(data)
+        REFERENCE.decode_record(data)
+    for sv in NEWEST:
+        REFERENCE.encode_record(sv.name, sample_record(sv))
+    assert not REFERENCE._by_header
+    assert not any(REFERENCE._fast.values())
+    assert not any(REFERENCE._writers.values())

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from esflow.domain.messages import CommandEnvelope, EventEnvelope
 from esflow.errors import CodecError
-from esflow.messaging.codec import SINGLE_OBJECT_MAGIC, Codec
+from esflow.messaging.codec import Codec
+from esflow.messaging.framing import SINGLE_OBJECT_MAGIC
 from esflow.messaging.registry import ConfluentFraming
 from esflow.messaging.samples import sample_record
 from esflow.messaging.schemas import SchemaCatalog

@@ -89,7 +89,7 @@ def test_old_version_by_registry_id_is_resolved_and_upcast(client: Any) -> None:
     data = codec.encode_record("PriceChanged", record, version=1, topic="events.product")
     # A fresh consumer (empty caches) finds v1 through the registry, then upcasts it.
     reader = Codec(CATALOG, framing=ConfluentFraming(client, CATALOG))
-    event = reader.decode_event(data).event
+    event = reader.decode(data, kind="event").event
     assert isinstance(event, PriceChanged)
     assert str(event.price.amount) == "49.99"
 

@@ -14,14 +14,10 @@ from esflow.domain.catalog import MESSAGE_TYPES, MessageSpec
 from esflow.domain.messages import Event
 from esflow.domain.values import Money
 from esflow.errors import SchemaError
-from esflow.messaging.schemas import (
-    SchemaCatalog,
-    check,
-    compatibility_pairs,
-    model_drift,
-    parsing_fingerprint,
-    reader_problems,
-)
+from esflow.messaging.compatibility import compatibility_pairs, reader_problems
+from esflow.messaging.contract import check
+from esflow.messaging.drift import model_drift
+from esflow.messaging.schemas import SchemaCatalog, parsing_fingerprint
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 

@@ -37,7 +37,7 @@ def version(name: str, v: int) -> SchemaVersion:
 def test_price_changed_v1_cents_become_an_exact_decimal_in_euros(cents: int, amount: Decimal) -> None:
     record = sample_record(version("PriceChanged", 1))
     record["price_cents"] = cents
-    decoded = CODEC.decode_event(CODEC.encode_record("PriceChanged", record, version=1))
+    decoded = CODEC.decode(CODEC.encode_record("PriceChanged", record, version=1), kind="event")
     assert isinstance(decoded.event, PriceChanged)
     assert decoded.event.price == Money(amount=amount, currency="EUR")
     assert str(decoded.event.price.amount) == str(amount)  # exact, same exponent: no float on the way

@@ -151,7 +151,7 @@ class EventWatcher:
         while not self._stop.is_set():
             for msg in self.consumer.consume(1000, 0.2):
                 if msg.error() is None:
-                    self.seen.append(CODEC.decode_event(msg.value() or b"").metadata.event_id)
+                    self.seen.append(CODEC.decode(msg.value() or b"", kind="event").metadata.event_id)
 
     def stop(self) -> None:
         """Stop once the reader has caught up (nothing new for two seconds)."""
@@ -256,7 +256,7 @@ def check_exactly_once(
                 )
 
     committed = [
-        CODEC.decode_event(m.value() or b"") for m in read_all(env.kafka, env.name("events.account"))
+        CODEC.decode(m.value() or b"", kind="event") for m in read_all(env.kafka, env.name("events.account"))
     ]
     versions: dict[uuid.UUID, list[int]] = defaultdict(list)
     for ev in committed:

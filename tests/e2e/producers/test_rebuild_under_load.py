@@ -65,7 +65,7 @@ def _log(settings: Settings) -> list[tuple[str, int, int, EventEnvelope]]:
     codec = Codec.from_settings()
     topic = event_topic("order", settings.topics)
     return [
-        (topic, msg.partition() or 0, msg.offset() or 0, codec.decode_event(msg.value() or b""))
+        (topic, msg.partition() or 0, msg.offset() or 0, codec.decode(msg.value() or b"", kind="event"))
         for msg in read_to_end(settings.kafka, topic)
     ]
 

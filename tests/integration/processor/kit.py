@@ -250,4 +250,4 @@ class Results:
 
 def events_of(kafka: KafkaSettings, env: Env, aggregate_type: str) -> list[tuple[Any, EventEnvelope]]:
     msgs = read_all(kafka, env.name(f"events.{aggregate_type}"))
-    return [(m, CODEC.decode_event(m.value())) for m in msgs]
+    return [(m, CODEC.decode(m.value(), kind="event")) for m in msgs]

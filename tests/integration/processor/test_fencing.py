@@ -102,7 +102,7 @@ def test_a_zombie_cannot_commit(
     assert len(results.by_id[dep.metadata.command_id]) == 1
     # ... while the log itself holds the zombie's aborted attempt (read_uncommitted sees it).
     raw = [
-        CODEC.decode_event(m.value())
+        CODEC.decode(m.value(), kind="event")
         for m in read_all(penv.kafka, penv.name("events.account"), isolation="read_uncommitted")
     ]
     attempts = [e for e in raw if e.metadata.command_id == dep.metadata.command_id]

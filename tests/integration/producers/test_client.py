@@ -59,7 +59,7 @@ def test_send_lands_keyed_by_aggregate_on_the_murmur2_partition(settings: Settin
     assert {r.topic for r in receipts} == {topic}
     by_id = {}
     for msg in read_to_end(settings.kafka, topic):
-        env = codec.decode_command(msg.value() or b"")
+        env = codec.decode(msg.value() or b"", kind="command")
         assert msg.key() == str(env.metadata.aggregate_id).encode()
         assert msg.partition() == partition_for(msg.key() or b"", PARTITIONS)
         assert dict(msg.headers() or [])[HEADER_TYPE] == env.command.type_name().encode()

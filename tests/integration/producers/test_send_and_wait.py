@@ -61,7 +61,7 @@ class Responder(threading.Thread):
             msg = consumer.poll(0.2)
             if msg is None or msg.error():
                 continue
-            env = self.codec.decode_command(msg.value() or b"")
+            env = self.codec.decode(msg.value() or b"", kind="command")
             cid = env.metadata.command_id
             decoy = CommandResult(
                 command_id=cid, status="rejected", reason="decoy", processed_at=datetime.now(UTC)
