@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from esflow.domain.aggregates import AGGREGATES as AGGREGATE_TYPES
 from esflow.domain.messages import CommandEnvelope, EventEnvelope
-from esflow.errors import ClientError, CodecError, CommandValidationError, EsflowError
+from esflow.errors import ClientError, CodecError, CommandValidationError, EsflowError, translated
 from esflow.messaging.codec import Codec
 from esflow.messaging.kafka import consumer_config, read_to_end
 from esflow.messaging.results import CommandResult
@@ -189,7 +189,12 @@ def tail(topic: str, from_beginning: bool, max_messages: int, idle_timeout: floa
     settings = load_settings()
     codec = Codec.from_settings(settings.schemas)
     consumer = Consumer(consumer_config(settings.kafka, f"esflow-tail-{uuid.uuid4().hex[:8]}"))
-    md = consumer.list_topics(topic, timeout=10)
+    try:
+        with translated(f"reading the metadata of {topic}"):
+            md = consumer.list_topics(topic, timeout=10)
+    except EsflowError:
+        consumer.close()
+        raise
     if topic not in md.topics or md.topics[topic].error is not None:
         consumer.close()
         raise ClientError(f"topic {topic} does not exist", hint="see `esflow topics list`")

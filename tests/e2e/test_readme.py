@@ -9,6 +9,7 @@ the demo started.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -90,7 +91,8 @@ def test_demo_keep_running_then_every_readme_example(tmp_path: Path) -> None:
         assert '"reason":"insufficient_funds"' in out and "exit 2" in out, shown
         assert "unexpected outcomes: 0" in out, shown
         assert "command->projection latency ms" in out, shown
-        assert " status " in out and "(" in out.splitlines()[-1], shown  # psql's table and its row count
+        assert re.search(r"^ *status +\| count", out, re.MULTILINE), shown  # what psql printed as analyst
+        assert re.search(r"^\(\d+ rows?\)$", out, re.MULTILINE), shown
 
         os.kill(demo.pid, signal.SIGINT)
         assert demo.wait(180) == 0, log.read_text()[-4000:]
