@@ -27,7 +27,8 @@ from esflow.messaging.topics import AGGREGATES, command_topic, event_topic
 from esflow.settings import Settings, load_settings
 from producers.client import CommandClient, SendReceipt
 from producers.commands import from_json
-from producers.preflight import require_processor, require_projection
+from producers.consistency import require_projection
+from producers.preflight import require_processor
 
 
 def _receipt_json(r: SendReceipt) -> str:

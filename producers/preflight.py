@@ -1,9 +1,10 @@
 """Checks a client makes before it waits for something, so a missing service is named at once.
 
-Without them, `esflow send --wait` with no command processor running, or `esflow loadgen --projection`
-with a projection name that does not exist, would sit out the whole timeout and then say only that
-nothing came. Each check is one cheap question to Kafka or PostgreSQL and raises one
-:class:`~esflow.errors.ClientError` line naming what to start.
+Without them, `esflow send --wait` with no command processor running would sit out the whole timeout
+and then say only that nothing came. Each check is one cheap question to Kafka and raises one
+:class:`~esflow.errors.ClientError` line naming what to start. This module loads no SQL driver, so the
+command client may call it; the read-model counterpart, :func:`producers.consistency.require_projection`,
+lives with the other code that reads the projections' registry.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from confluent_kafka.admin import ConsumerGroupDescription
 
 from esflow.errors import ClientError, translated
 from esflow.messaging.kafka import admin_client
-from esflow.readmodel import versions
-from esflow.readmodel.store import create_engine
 from esflow.settings import Settings
 
 DESCRIBE_TIMEOUT_S = 5.0
@@ -98,32 +97,4 @@ def _describe(settings: Settings, group: str, timeout_s: float) -> ConsumerGroup
             time.sleep(0.2)
 
 
-def require_projection(settings: Settings, projection: str) -> None:
-    """Raise :class:`ServiceNotRunning` unless ``projection`` has a live version in the read-model database.
-
-    The registry in PostgreSQL is the truth about which projections exist here (the same lookup the
-    consistency waiter makes), so an unknown or not yet migrated name fails before any command is sent.
-    """
-    layout = versions.Layout(settings.projections.db_schema)
-    engine = create_engine(settings.postgres, layout.base, pool_size=1)
-    try:
-        with translated(f"looking up projection {projection}"), engine.connect() as conn:
-            if versions.live_version(conn, layout, projection) is not None:
-                return
-            known = sorted({v.projection for v in versions.list_versions(conn, layout)})
-    finally:
-        engine.dispose()
-    if projection in known:
-        raise ServiceNotRunning(
-            f"projection {projection} has no live version",
-            hint="see `.venv/bin/esflow projection status`",
-        )
-    raise ServiceNotRunning(
-        f"unknown projection {projection!r}",
-        hint=("known: " + ", ".join(known))
-        if known
-        else "no projection is installed: run `.venv/bin/esflow db migrate`",
-    )
-
-
-__all__ = ["ServiceNotRunning", "require_processor", "require_projection"]
+__all__ = ["ServiceNotRunning", "require_processor"]

@@ -16,7 +16,8 @@ from esflow.messaging.kafka import consumer_config
 from esflow.readmodel import versions
 from esflow.readmodel.store import create_engine
 from esflow.settings import KafkaSettings, PostgresSettings, ProcessorSettings, ProjectionSettings, Settings
-from producers.preflight import ServiceNotRunning, require_processor, require_projection
+from producers.consistency import require_projection
+from producers.preflight import ServiceNotRunning, require_processor
 from projections.registry import PROJECTIONS
 from tests.support.services import Services
 
