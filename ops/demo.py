@@ -7,7 +7,8 @@
    command->result and command->read-model latency;
 4. once every projection has caught up with every accepted command, a summary is read from the read
    models (orders by status, top products, revenue by day, balances);
-5. everything the demo started is stopped again, unless ``--keep-running``.
+5. everything the demo started is stopped again; with ``--keep-running`` only once Ctrl-C (or SIGTERM)
+   arrives, so the pipeline stays up in the foreground for the README's shell examples.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +34,7 @@ from esflow.settings import Settings, load_settings
 from ops.stack.manager import Stack
 from producers import loadgen as lg
 from producers.consistency import ConsistencyToken, ProjectionWaiter
+from producers.workload import Planned
 from projections.registry import PROJECTIONS
 
 
@@ -79,6 +82,22 @@ def _wait_for_projections(settings: Settings, token: ConsistencyToken, timeout_s
     return waited
 
 
+def _this_run(plans: list[Planned], report: lg.LoadReport) -> str:
+    """What this run's load added, counted from what it sent (the read models hold every run)."""
+    created = Counter(
+        p.envelope.command.type_name()
+        for p in plans
+        if p.expect == "accepted" and p.envelope.command.type_name() in _CREATES
+    )
+    made = ", ".join(f"{created[t]} {what}" for t, what in _CREATES.items())
+    rejected = sum(report.rejected.values())
+    return f"this run created {made}; {report.accepted} commands accepted, {rejected} rejected"
+
+
+# The creation commands, and what the summary calls their aggregates.
+_CREATES = {"RegisterProduct": "products", "OpenAccount": "accounts", "PlaceOrder": "orders"}
+
+
 def _summary(settings: Settings) -> list[str]:
     url = settings.postgres.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
     # Read through the bi views, as a BI tool does.
@@ -96,7 +115,7 @@ def _summary(settings: Settings) -> list[str]:
             "SELECT i.sku, coalesce(p.name, '?'), sum(i.quantity), sum(i.line_total) FROM order_items i "
             "LEFT JOIN product_catalog p USING (product_id) GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 5"
         ):
-            out.append(f"  {sku:<10} {name:<14} {units:>7} units  {revenue:>14,.2f}")
+            out.append(f"  {sku:<16} {name:<14} {units:>7} units  {revenue:>14,.2f}")
         out.append("revenue by day:")
         for day, currency, gross, refunds, net, orders in conn.execute(
             "SELECT day, currency, gross, refunds, net, orders FROM daily_revenue ORDER BY day DESC LIMIT 7"
@@ -109,6 +128,10 @@ def _summary(settings: Settings) -> list[str]:
             "SELECT count(*), coalesce(sum(balance), 0), coalesce(max(balance), 0) FROM account_balances"
         ).fetchone() or (0, 0, 0)
         out.append(f"balances: {n} accounts, {total:,.2f} in total, largest {top:,.2f}")
+        products, skus = conn.execute(
+            "SELECT count(*), count(DISTINCT sku) FROM product_catalog"
+        ).fetchone() or (0, 0)
+        out.append(f"catalogue: {products} products, {skus} distinct SKUs")
         (events,) = conn.execute("SELECT count(*) FROM event_log").fetchone() or (0,)
         out.append(f"event_log: {events} events")
     return out
@@ -124,7 +147,11 @@ def _summary(settings: Settings) -> list[str]:
     help="Commands/s, open loop (seven workers share the CPU).",
 )
 @click.option("--reject-share", type=click.FloatRange(0, 1), default=0.05, show_default=True)
-@click.option("--keep-running", is_flag=True, help="Leave the stack, processor and projections running.")
+@click.option(
+    "--keep-running",
+    is_flag=True,
+    help="After the summary, keep the pipeline running in the foreground until Ctrl-C or SIGTERM.",
+)
 def demo(count: int, rate: float, reject_share: float, keep_running: bool) -> None:
     """Run the whole pipeline on the local stack with a demo workload and print what it built."""
     settings = load_settings()
@@ -168,16 +195,19 @@ def demo(count: int, rate: float, reject_share: float, keep_running: bool) -> No
                 token = token.merge(ConsistencyToken.from_result(r))
             waited = _wait_for_projections(settings, token, 180)
             click.echo(f"    all {len(waited)} projections caught up")
-            click.echo("5/5 read models:")
+            click.echo("    " + _this_run(plans, report))
+            click.echo("5/5 read models, the whole database (this run and every earlier one):")
             for line in _summary(settings):
                 click.echo("    " + line)
             if keep_running:
-                click.echo("pipeline left running (--keep-running); Ctrl-C stops processor and projections")
+                click.echo(
+                    "pipeline running in the foreground (--keep-running): try README.md's shell examples "
+                    "in another terminal; Ctrl-C stops everything this demo started."
+                )
                 _block_until_interrupted()
-    except EsflowError:
-        raise
+                click.echo("stopping the processor and the projection workers…")
     finally:
-        if started_stack and not keep_running:
+        if started_stack:
             stack.down()
             click.echo("stack stopped (it was started by this demo)")
     if report.unexpected:
@@ -187,11 +217,19 @@ def demo(count: int, rate: float, reject_share: float, keep_running: bool) -> No
 
 
 def _block_until_interrupted() -> None:
+    """Sleep until Ctrl-C (SIGINT) or SIGTERM, so a service manager can stop the demo like a terminal."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 __all__ = ["demo"]

@@ -19,14 +19,16 @@ from confluent_kafka import Consumer, TopicPartition
 
 from esflow.domain.aggregates import AGGREGATES as AGGREGATE_TYPES
 from esflow.domain.messages import CommandEnvelope, EventEnvelope
-from esflow.errors import ClientError, CodecError, CommandValidationError, EsflowError
+from esflow.errors import ClientError, CodecError, CommandValidationError, EsflowError, translated
 from esflow.messaging.codec import Codec
 from esflow.messaging.kafka import consumer_config, read_to_end
 from esflow.messaging.results import CommandResult
-from esflow.messaging.topics import AGGREGATES, event_topic
-from esflow.settings import load_settings
+from esflow.messaging.topics import AGGREGATES, command_topic, event_topic
+from esflow.settings import Settings, load_settings
 from producers.client import CommandClient, SendReceipt
 from producers.commands import from_json
+from producers.consistency import require_projection
+from producers.preflight import require_processor
 
 
 def _receipt_json(r: SendReceipt) -> str:
@@ -60,6 +62,13 @@ def _result_json(r: CommandResult) -> str:
     return r.model_dump_json(exclude_defaults=True)
 
 
+def _require_processor_for(settings: Settings, envelopes: list[CommandEnvelope]) -> None:
+    # Waiting with no processor could only end in the result timeout; say so in seconds instead.
+    wanted = {command_topic(e.metadata.aggregate_type, settings.topics) for e in envelopes}
+    if wanted:
+        require_processor(settings, wanted)
+
+
 @click.command()
 @click.argument("command_type", required=False)
 @click.option("--json", "json_text", help="The command as one JSON object (fields + optional metadata).")
@@ -70,20 +79,30 @@ def _result_json(r: CommandResult) -> str:
     help="A JSONL file, one command a line ('type' key per line, or COMMAND_TYPE for all).",
 )
 @click.option("--wait", is_flag=True, help="Wait for each command's result from the processor.")
-@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for results.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for results.",
+)
 def send(
     command_type: str | None, json_text: str | None, file_path: Path | None, wait: bool, timeout: float
 ) -> None:
     """Validate and publish commands; prints one JSON receipt (or, with --wait, result) per command.
 
     Metadata keys in the JSON: aggregate_id, expected_version, command_id, correlation_id, causation_id.
-    With --wait the exit code is 2 when a command was rejected.
+    With --wait the exit code is 2 when a command was rejected, and the command processor must be
+    running: with no member in its consumer group the command is not sent and the exit code is 1.
     """
     if (json_text is None) == (file_path is None):
         raise click.UsageError("give exactly one of --json or --file")
     if json_text is not None:
         env = from_json(command_type, _parse_json(json_text, ""))
-        with CommandClient() as client:
+        settings = load_settings()
+        if wait:
+            _require_processor_for(settings, [env])
+        with CommandClient(settings) as client:
             if not wait:
                 click.echo(_receipt_json(client.send(env)))
                 return
@@ -110,7 +129,10 @@ def _send_file(command_type: str | None, path: Path, *, wait: bool, timeout: flo
     for message in bad:
         click.echo(f"esflow: error: {message}", err=True)
     failed: list[str] = []
-    with CommandClient() as client:
+    settings = load_settings()
+    if wait:
+        _require_processor_for(settings, envelopes)
+    with CommandClient(settings) as client:
         if wait:
             results = client.send_many_and_wait(envelopes, timeout=timeout) if envelopes else []
             for r in results:
@@ -168,7 +190,12 @@ def tail(topic: str, from_beginning: bool, max_messages: int, idle_timeout: floa
     settings = load_settings()
     codec = Codec.from_settings(settings.schemas)
     consumer = Consumer(consumer_config(settings.kafka, f"esflow-tail-{uuid.uuid4().hex[:8]}"))
-    md = consumer.list_topics(topic, timeout=10)
+    try:
+        with translated(f"reading the metadata of {topic}"):
+            md = consumer.list_topics(topic, timeout=10)
+    except EsflowError:
+        consumer.close()
+        raise
     if topic not in md.topics or md.topics[topic].error is not None:
         consumer.close()
         raise ClientError(f"topic {topic} does not exist", hint="see `esflow topics list`")
@@ -303,10 +330,21 @@ def load_history(aggregate_type: str, aggregate_id: uuid.UUID) -> list[EventEnve
 @click.option(
     "--count", type=click.IntRange(min=1), default=10_000, show_default=True, help="Commands per run."
 )
-@click.option("--rate", type=float, default=0, help="Commands/s, open loop (0: as fast as possible).")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=0,
+    help="Commands/s, open loop (0: as fast as possible).",
+)
 @click.option("--reject-share", type=click.FloatRange(0, 1), default=0.05, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)
-@click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds to wait for results.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=120.0,
+    show_default=True,
+    help="Seconds to wait for results.",
+)
 @click.option("--projection", help="Also measure command->visible latency in this read model.")
 @click.option(
     "--sweep",
@@ -322,10 +360,17 @@ def loadgen(
     projection: str | None,
     sweep: bool,
 ) -> None:
-    """Send realistic shop/ledger traffic and print throughput and latency percentiles."""
+    """Send realistic shop/ledger traffic and print throughput and latency percentiles.
+
+    Needs the command processor running, and with --projection that projection's worker.
+    """
     from producers import loadgen as lg
 
     settings = load_settings()
+    # Options and services first: a wrong name or a missing processor is one line now, not a timeout later.
+    if projection is not None:
+        require_projection(settings, projection)
+    require_processor(settings, [command_topic(a, settings.topics) for a in AGGREGATES])
     click.echo(f"preparing {count} commands (reject share {reject_share:.0%})…", err=True)
     plans = lg.generate(count, reject_share=reject_share, seed=seed)
     report = lg.run(settings, plans, rate=rate or None, result_timeout_s=timeout, projection=projection)

@@ -20,12 +20,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from esflow.errors import ClientError, ResultTimeout
+from esflow.errors import ClientError, ResultTimeout, translated
 from esflow.messaging.results import CommandResult
 from esflow.messaging.topics import event_topic
 from esflow.readmodel import versions
 from esflow.readmodel.store import create_engine
 from esflow.settings import Settings, load_settings
+from producers.preflight import ServiceNotRunning
 
 TP = tuple[str, int]
 
@@ -163,4 +164,32 @@ def wait_for_projection(
         return waiter.wait(token, projection, timeout=timeout)
 
 
-__all__ = ["ConsistencyToken", "ProjectionWaiter", "wait_for_projection"]
+def require_projection(settings: Settings, projection: str) -> None:
+    """Raise :class:`ServiceNotRunning` unless ``projection`` has a live version in the read-model database.
+
+    The registry in PostgreSQL is the truth about which projections exist here (the same lookup the
+    consistency waiter makes), so an unknown or not yet migrated name fails before any command is sent.
+    """
+    layout = versions.Layout(settings.projections.db_schema)
+    engine = create_engine(settings.postgres, layout.base, pool_size=1)
+    try:
+        with translated(f"looking up projection {projection}"), engine.connect() as conn:
+            if versions.live_version(conn, layout, projection) is not None:
+                return
+            known = sorted({v.projection for v in versions.list_versions(conn, layout)})
+    finally:
+        engine.dispose()
+    if projection in known:
+        raise ServiceNotRunning(
+            f"projection {projection} has no live version",
+            hint="see `.venv/bin/esflow projection status`",
+        )
+    raise ServiceNotRunning(
+        f"unknown projection {projection!r}",
+        hint=("known: " + ", ".join(known))
+        if known
+        else "no projection is installed: run `.venv/bin/esflow db migrate`",
+    )
+
+
+__all__ = ["ConsistencyToken", "ProjectionWaiter", "require_projection", "wait_for_projection"]

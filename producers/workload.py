@@ -5,6 +5,9 @@ should accept. With probability ``reject_share`` it deliberately emits a command
 must refuse (overdraft, over-refund, wrong payment, shipping an unpaid order) and records the reason it
 expects. Commands of one aggregate are keyed alike, so they are processed in the order generated and
 the model's predictions hold.
+
+Product SKUs carry a tag drawn once per workload (``run_tag``), so a second run against the same
+database registers new products under new SKUs instead of a second product with an existing SKU.
 """
 
 from __future__ import annotations
@@ -56,6 +59,11 @@ class _Order:
     refunded: Decimal = Decimal(0)
 
 
+def new_run_tag() -> str:
+    """A fresh tag for one run's SKUs: random, not from the seeded generator, so seeds stay comparable."""
+    return uuid.uuid4().hex[:8].upper()
+
+
 def _money(amount: Decimal) -> dict[str, str]:
     return {"amount": str(amount.quantize(CENT)), "currency": CURRENCY}
 
@@ -72,6 +80,7 @@ class Workload:
     seed: int = 7
     min_products: int = 30
     min_accounts: int = 30
+    run_tag: str = field(default_factory=new_run_tag)
     rng: random.Random = field(init=False)
     products: list[_Product] = field(default_factory=list)
     accounts: list[_Account] = field(default_factory=list)
@@ -120,7 +129,7 @@ class Workload:
     def _new_product(self) -> list[Planned]:
         n = len(self.products)
         price = Decimal(self.rng.randint(199, 9999)) / 100
-        p = _Product(uuid.uuid4(), f"SKU-{n:05d}", price)
+        p = _Product(uuid.uuid4(), f"SKU-{self.run_tag}-{n:03d}", price)
         self.products.append(p)
         register = _cmd(
             "RegisterProduct",

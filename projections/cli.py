@@ -101,7 +101,10 @@ def db_migrate() -> None:
 
 @db.command("grant-bi")
 @click.argument("role")
-@click.option("--password", help="Create ROLE as a login role with this password if it does not exist.")
+@click.option(
+    "--password",
+    help="ROLE's login password: creates ROLE as a login role if missing, else sets its password.",
+)
 def db_grant_bi(role: str, password: str | None) -> None:
     """Let ROLE (a BI tool's login) read the bi views, and nothing else."""
     settings = load_settings()

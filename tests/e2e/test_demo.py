@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,13 @@ def test_demo_runs_twice_and_leaves_nothing_running(tmp_path: Path) -> None:
             assert "unexpected outcomes: 0" in out
             assert "all 7 projections caught up" in out
             assert "orders by status:" in out and "revenue by day:" in out and "balances:" in out
+            assert "this run created 30 products, 30 accounts" in out
+            assert "5/5 read models, the whole database (this run and every earlier one):" in out
+            found = re.search(r"catalogue: (\d+) products, (\d+) distinct SKUs", out)
+            assert found, out
+            products, skus = int(found[1]), int(found[2])
+            # Each run registers its own products; none shares a SKU with an earlier run's.
+            assert products == skus == 30 * run
             assert "stack stopped (it was started by this demo)" in out
             events = int(out.split("event_log: ")[1].split()[0])
             # Run 2 adds to run 1's data: the read models keep every event of both runs.

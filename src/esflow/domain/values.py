@@ -10,10 +10,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
 """A 32-bit signed integer (Avro ``int``)."""
@@ -42,11 +43,28 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+MONEY_SHAPE = '{"amount": "12.50", "currency": "EUR"}'
+"""What a Money looks like in JSON: the amount as a decimal string (a number is taken too), an ISO code."""
+
+
 class Money(Frozen):
     """An amount of money and its currency."""
 
     amount: Amount
     currency: CurrencyCode
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expect_object(cls, data: Any) -> Any:
+        # A bare number or a half-filled object is the usual first try from the shell; pydantic alone
+        # would answer "valid dictionary" or "field required" without showing the shape it wants.
+        # Extra keys pass on to the model's own "extra inputs" error, which names them.
+        if isinstance(data, Money) or (isinstance(data, dict) and data.keys() >= {"amount", "currency"}):
+            return data
+        got = f"an object with keys {sorted(map(str, data))}" if isinstance(data, dict) else repr(data)
+        raise PydanticCustomError(
+            "money_shape", "expected money as {shape}, got {got}", {"shape": MONEY_SHAPE, "got": got[:80]}
+        )
 
 
 class Address(Frozen):

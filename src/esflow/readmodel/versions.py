@@ -216,7 +216,12 @@ def install(engine: sa.Engine, layout: Layout, projections: Sequence[Projection[
 
 
 def grant_bi(engine: sa.Engine, layout: Layout, role: str, *, password: str | None = None) -> list[str]:
-    """Let ``role`` read the BI views (and nothing else of esflow); create it as a login role if missing."""
+    """Let ``role`` read the BI views (and nothing else of esflow); create it as a login role if missing.
+
+    With ``password``, a missing role is created as a login role with it, and an existing role gets it
+    as its new password, except the role esflow itself connects as or a superuser: their password is
+    left alone and the returned lines say so (a BI grant must not be a way to change those).
+    """
     if not _NAME.match(role):
         raise VersionError(f"invalid role name {role!r}", hint="lowercase letters, digits and _")
     done = []
@@ -235,9 +240,26 @@ def grant_bi(engine: sa.Engine, layout: Layout, role: str, *, password: str | No
             conn.execute(sa.text(f"CREATE ROLE {_q(role)} LOGIN PASSWORD '{_literal(password)}'"))
             conn.execute(sa.text(f"ALTER ROLE {_q(role)} SET search_path TO {_q(layout.bi)}"))
             done.append(f"created login role {role} (search_path {layout.bi})")
+        elif password is not None:
+            done.append(_set_password(conn, role, password))
         conn.execute(sa.text(f"GRANT {_q(layout.reader_role)} TO {_q(role)}"))
         done.append(f"granted {layout.reader_role} to {role}")
     return done
+
+
+def _set_password(conn: sa.Connection, role: str, password: str) -> str:
+    """Give an existing role ``password``, or say why not (caller's transaction)."""
+    me, superuser, can_login = conn.execute(
+        sa.text("SELECT rolname = current_user, rolsuper, rolcanlogin FROM pg_roles WHERE rolname = :r"),
+        {"r": role},
+    ).one()
+    if me or superuser:
+        what = "the role esflow connects as" if me else "a superuser"
+        return f"did not set the password of {role}: it is {what}"
+    conn.execute(sa.text(f"ALTER ROLE {_q(role)} PASSWORD '{_literal(password)}'"))
+    if not can_login:
+        return f"set the password of existing role {role} (it is NOLOGIN: it cannot log in with it)"
+    return f"set the password of existing role {role}"
 
 
 def _literal(text: str) -> str:

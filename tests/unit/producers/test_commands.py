@@ -68,3 +68,27 @@ def test_unknown_types_suggest_the_closest_command() -> None:
     assert info.value.one_line() == "'PlaceOrdr' is not a command type (did you mean PlaceOrder?)"
     with pytest.raises(UnknownCommandType, match="an event, not a command"):
         from_json("OrderPlaced", {})
+
+
+@pytest.mark.parametrize(
+    ("amount", "got"),
+    [
+        (12.5, "got 12.5"),
+        ("12.50", "got '12.50'"),
+        ({"amount": "12.50"}, "got an object with keys ['amount']"),
+        ({"value": "12.50", "currency": "EUR"}, "got an object with keys ['currency', 'value']"),
+    ],
+)
+def test_a_money_of_the_wrong_shape_names_the_expected_shape(amount: object, got: str) -> None:
+    body = {"aggregate_id": OWNER, "amount": amount}
+    with pytest.raises(CommandValidationError) as err:
+        from_json("DepositFunds", body)
+    shape = '{"amount": "12.50", "currency": "EUR"}'
+    assert err.value.problems == [f"amount: expected money as {shape}, {got}"]
+
+
+def test_a_money_with_an_extra_key_names_the_key() -> None:
+    body = {"aggregate_id": OWNER, "amount": {"amount": "1.00", "currency": "EUR", "note": "x"}}
+    with pytest.raises(CommandValidationError) as err:
+        from_json("DepositFunds", body)
+    assert err.value.problems == ["amount.note: Extra inputs are not permitted"]
