@@ -16,6 +16,10 @@ from esflow.domain.catalog import events_of
 from esflow.domain.messages import AggregateType, EventEnvelope
 from esflow.readmodel.projection import Decoded
 
+metadata = sa.MetaData()
+"""The read models' SQLAlchemy tables (declared in their projections' modules; no schema: the engine's
+search path names the version schema)."""
+
 Row = dict[str, Any]
 Events = Sequence[Decoded[EventEnvelope]]
 

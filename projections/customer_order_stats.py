@@ -17,11 +17,114 @@ from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 
 from esflow.domain.order import OrderPaid, OrderPlaced, OrderRefunded
 from esflow.readmodel.bulk import UpsertMethod, upsert
-from esflow.readmodel.tables import customer_order_stats, customer_order_stats_orders
-from projections.common import Events, Row, event_types, load_rows, values
+from esflow.readmodel.contract import Column, View, freshness
+from esflow.readmodel.migrations import ReadModelDDL
+from esflow.readmodel.model import ReadModel
+from esflow.readmodel.tables import MONEY, ts
+from projections.common import Events, Row, event_types, load_rows, metadata, values
+
+# ------------------------------------------------------------------------------ the read model
+
+customer_order_stats = sa.Table(
+    "customer_order_stats",
+    metadata,
+    sa.Column("customer_id", PG_UUID(as_uuid=True), primary_key=True),
+    sa.Column("order_count", sa.Integer, nullable=False),
+    sa.Column("paid_orders", sa.Integer, nullable=False),
+    sa.Column("lifetime_value", MONEY, nullable=False),
+    ts("first_order_at"),
+    ts("last_order_at"),
+    sa.Column("last_order_id", PG_UUID(as_uuid=True)),
+    ts("updated_at", nullable=False),
+)
+
+customer_order_stats_orders = sa.Table(
+    "customer_order_stats_orders",
+    metadata,
+    sa.Column("order_id", PG_UUID(as_uuid=True), primary_key=True),
+    sa.Column("customer_id", PG_UUID(as_uuid=True), nullable=False),
+)
+
+DDL_V1 = ReadModelDDL(
+    tables=(
+        """
+            CREATE TABLE customer_order_stats (
+                customer_id     uuid          PRIMARY KEY,
+                order_count     integer       NOT NULL,
+                paid_orders     integer       NOT NULL,
+                lifetime_value  numeric(20,2) NOT NULL,
+                first_order_at  timestamptz,
+                last_order_at   timestamptz,
+                last_order_id   uuid,
+                updated_at      timestamptz   NOT NULL
+            )
+        """,
+        # Which customer placed an order: OrderPaid and OrderRefunded carry only the order id.
+        """
+            CREATE TABLE customer_order_stats_orders (
+                order_id     uuid PRIMARY KEY,
+                customer_id  uuid NOT NULL
+            )
+        """,
+    ),
+    frozen="7309c4449d7b21168286a34ac071031f5b5355c94d96e12bd488b98d1c1da831",
+)
+"""Code version 1, released: frozen (a change of these tables is a new code version)."""
+
+VIEW = View(
+    name="customer_order_stats",
+    projection="customer_order_stats",
+    table="customer_order_stats",
+    grain="one row per customer who has placed an order (customer_id)",
+    comment=(
+        "Per customer - orders placed and paid, lifetime value, first and last order. Built from "
+        "OrderPlaced, OrderPaid and OrderRefunded; cancelling an order changes nothing here. There is no "
+        "currency column: the amounts of all the customer's orders are added as they are, which is "
+        "meaningful only when they share one currency (nothing enforces that)."
+    ),
+    freshness=freshness("customer_order_stats", "the order event topic"),
+    columns=(
+        Column("customer_id", "Customer (the customer_id of OrderPlaced, as in orders.customer_id)."),
+        Column("order_count", "Orders the customer placed, cancelled ones included (OrderPlaced)."),
+        Column(
+            "paid_orders",
+            "Orders of the customer that were paid (OrderPaid), including ones cancelled or refunded later.",
+        ),
+        Column(
+            "lifetime_value",
+            "Everything paid minus everything refunded over the customer's orders (OrderPaid and "
+            "OrderRefunded amounts), in the orders' currency; different currencies are added unconverted.",
+        ),
+        Column(
+            "first_order_at",
+            "When the customer's earliest order was placed (OrderPlaced); set with the row.",
+        ),
+        Column("last_order_at", "When the customer's most recent order was placed (OrderPlaced)."),
+        Column(
+            "last_order_id",
+            "The customer's most recently placed order (orders.order_id); on equal times, the greatest id.",
+        ),
+        Column(
+            "updated_at",
+            "Event time of the latest event counted for the customer (OrderPlaced, OrderPaid or "
+            "OrderRefunded), not the time the row was written.",
+        ),
+    ),
+)
+
+READ_MODEL = ReadModel(
+    name="customer_order_stats",
+    tables=(customer_order_stats, customer_order_stats_orders),
+    ddl={1: DDL_V1},
+    views=(VIEW,),
+)
+"""The read model this projection builds, as `esflow db migrate`, the bi views and docs/bi.md see it."""
+
+# ------------------------------------------------------------------------------ the projection
 
 COLUMNS: Sequence[str] = tuple(c.name for c in customer_order_stats.columns)
 
@@ -64,6 +167,7 @@ class CustomerOrderStatsProjection:
 
     name = "customer_order_stats"
     version = 1
+    read_model = READ_MODEL
     aggregates = ("order",)
     _known = event_types("order")
 

@@ -8,12 +8,99 @@ from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 
 from esflow.domain.order import OrderItemAdded, OrderItemRemoved, OrderPlaced
 from esflow.domain.values import OrderItem
 from esflow.readmodel.bulk import UpsertMethod, upsert
-from esflow.readmodel.tables import order_items
-from projections.common import Events, Row, event_types, values
+from esflow.readmodel.contract import Column, View, freshness
+from esflow.readmodel.migrations import ReadModelDDL
+from esflow.readmodel.model import ReadModel
+from esflow.readmodel.tables import MONEY, PRICE, ts
+from projections.common import Events, Row, event_types, metadata, values
+
+# ------------------------------------------------------------------------------ the read model
+
+order_items = sa.Table(
+    "order_items",
+    metadata,
+    sa.Column("order_id", PG_UUID(as_uuid=True), primary_key=True),
+    sa.Column("product_id", PG_UUID(as_uuid=True), primary_key=True),
+    sa.Column("sku", sa.Text, nullable=False),
+    sa.Column("quantity", sa.Integer, nullable=False),
+    sa.Column("unit_price", PRICE, nullable=False),
+    sa.Column("currency", sa.CHAR(3), nullable=False),
+    sa.Column("line_total", MONEY, nullable=False),
+    ts("added_at", nullable=False),
+    ts("updated_at", nullable=False),
+)
+
+DDL_V1 = ReadModelDDL(
+    tables=(
+        """
+            CREATE TABLE order_items (
+                order_id    uuid          NOT NULL,
+                product_id  uuid          NOT NULL,
+                sku         text          NOT NULL,
+                quantity    integer       NOT NULL,
+                unit_price  numeric(18,2) NOT NULL,
+                currency    char(3)       NOT NULL,
+                line_total  numeric(20,2) NOT NULL,
+                added_at    timestamptz   NOT NULL,
+                updated_at  timestamptz   NOT NULL,
+                PRIMARY KEY (order_id, product_id),
+                CONSTRAINT order_items_quantity_positive CHECK (quantity > 0)
+            )
+        """,
+    ),
+    indexes=("CREATE INDEX order_items_product_idx ON order_items (product_id)",),
+    frozen="5845ae64b9ddb65e28449da40e1115b92db59fb8edc056f68e4e6cda374df897",
+)
+"""Code version 1, released: frozen (a change of these tables is a new code version)."""
+
+VIEW = View(
+    name="order_items",
+    projection="order_items",
+    table="order_items",
+    grain="one row per order line (order_id, product_id)",
+    comment=(
+        "The current lines of every order, one row per product on the order, with the unit price agreed "
+        "when the line was added. Built from OrderPlaced, OrderItemAdded and OrderItemRemoved: a removed "
+        "line's row is deleted, and the lines of cancelled orders stay. Join orders on order_id and "
+        "product_catalog on product_id, remembering that each is a separate projection with its own "
+        "freshness."
+    ),
+    freshness=freshness("order_items", "the order event topic"),
+    columns=(
+        Column("order_id", "Order the line belongs to (orders.order_id)."),
+        Column(
+            "product_id",
+            "Product ordered (product_catalog.product_id); an order has at most one line per product.",
+        ),
+        Column(
+            "sku", "SKU as written on the order line when it was ordered, not looked up in the catalogue."
+        ),
+        Column("quantity", "Units ordered; always positive."),
+        Column(
+            "unit_price",
+            "Price of one unit agreed when the line was added, in currency (not the catalogue's current "
+            "price).",
+        ),
+        Column("currency", "ISO 4217 code of unit_price and line_total (the order's currency)."),
+        Column("line_total", "quantity x unit_price, in currency."),
+        Column("added_at", "When the line was added (its OrderPlaced or OrderItemAdded)."),
+        Column(
+            "updated_at",
+            "Event time of the last event that changed the line. Equal to added_at, since a line does not "
+            "change once added (a product removed and added again gets a new row).",
+        ),
+    ),
+)
+
+READ_MODEL = ReadModel(name="order_items", tables=(order_items,), ddl={1: DDL_V1}, views=(VIEW,))
+"""The read model this projection builds, as `esflow db migrate`, the bi views and docs/bi.md see it."""
+
+# ------------------------------------------------------------------------------ the projection
 
 COLUMNS: Sequence[str] = tuple(c.name for c in order_items.columns)
 Key = tuple[UUID, UUID]
@@ -41,6 +128,7 @@ class OrderItemsProjection:
 
     name = "order_items"
     version = 1
+    read_model = READ_MODEL
     aggregates = ("order",)
     _known = event_types("order")
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 
 from esflow.domain.messages import EventEnvelope
 from esflow.domain.order import (
@@ -30,8 +32,178 @@ from esflow.domain.order import (
 )
 from esflow.domain.values import OrderItem
 from esflow.readmodel.bulk import UpsertMethod, upsert
-from esflow.readmodel.tables import orders
-from projections.common import Events, Row, event_types, fold_by_aggregate, json_text, values
+from esflow.readmodel.contract import Column, View, freshness
+from esflow.readmodel.migrations import ReadModelDDL
+from esflow.readmodel.model import ReadModel
+from esflow.readmodel.tables import MONEY, ts
+from projections.common import Events, Row, event_types, fold_by_aggregate, json_text, metadata, values
+
+# ------------------------------------------------------------------------------ the read model
+
+orders = sa.Table(
+    "orders",
+    metadata,
+    sa.Column("order_id", PG_UUID(as_uuid=True), primary_key=True),
+    sa.Column("customer_id", PG_UUID(as_uuid=True), nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("sales_channel", sa.Text, nullable=False),
+    sa.Column("currency", sa.CHAR(3)),
+    sa.Column("item_count", sa.Integer, nullable=False),
+    sa.Column("items_total", MONEY, nullable=False),
+    sa.Column("paid_amount", MONEY, nullable=False),
+    sa.Column("refunded_amount", MONEY, nullable=False),
+    sa.Column("lines", JSONB, nullable=False),
+    sa.Column("shipping_city", sa.Text),
+    sa.Column("shipping_country", sa.CHAR(2)),
+    sa.Column("payment_ref", sa.Text),
+    sa.Column("carrier", sa.Text),
+    sa.Column("tracking_number", sa.Text),
+    sa.Column("cancel_reason", sa.Text),
+    ts("placed_at", nullable=False),
+    ts("confirmed_at"),
+    ts("paid_at"),
+    ts("shipped_at"),
+    ts("delivered_at"),
+    ts("cancelled_at"),
+    ts("last_refunded_at"),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    ts("updated_at", nullable=False),
+)
+
+DDL_V1 = ReadModelDDL(
+    tables=(
+        """
+            CREATE TABLE orders (
+                order_id          uuid          PRIMARY KEY,
+                customer_id       uuid          NOT NULL,
+                status            text          NOT NULL,
+                sales_channel     text          NOT NULL,
+                currency          char(3),
+                item_count        integer       NOT NULL,
+                items_total       numeric(20,2) NOT NULL,
+                paid_amount       numeric(20,2) NOT NULL,
+                refunded_amount   numeric(20,2) NOT NULL,
+                lines             jsonb         NOT NULL,
+                shipping_city     text,
+                shipping_country  char(2),
+                payment_ref       text,
+                carrier           text,
+                tracking_number   text,
+                cancel_reason     text,
+                placed_at         timestamptz   NOT NULL,
+                confirmed_at      timestamptz,
+                paid_at           timestamptz,
+                shipped_at        timestamptz,
+                delivered_at      timestamptz,
+                cancelled_at      timestamptz,
+                last_refunded_at  timestamptz,
+                version           bigint        NOT NULL,
+                updated_at        timestamptz   NOT NULL,
+                CONSTRAINT orders_status_known CHECK (
+                    status IN ('PLACED', 'CONFIRMED', 'PAID', 'SHIPPED', 'DELIVERED', 'CANCELLED')
+                )
+            )
+        """,
+    ),
+    indexes=(
+        "CREATE INDEX orders_customer_idx ON orders (customer_id)",
+        "CREATE INDEX orders_status_idx ON orders (status)",
+    ),
+    frozen="9d7390d5bdece1f1c1b6f5b78f37d60f0444ecd801ff47fea5817dd584827062",
+)
+"""Code version 1, released: frozen (a change of these tables is a new code version)."""
+
+VIEW = View(
+    name="orders",
+    projection="orders",
+    table="orders",
+    grain="one row per order (order_id)",
+    comment=(
+        "Orders with their current status, totals, shipping destination, payment, shipment and the time "
+        "of every stage, folded from the order events. Amounts are in the order's currency. The lines "
+        "are in the lines JSON column, and one row per line in order_items, which is another projection "
+        "with its own freshness."
+    ),
+    freshness=freshness("orders", "the order event topic"),
+    columns=(
+        Column("order_id", "Order id (the order aggregate's id, chosen by the sender of PlaceOrder)."),
+        Column("customer_id", "Customer who placed the order, from OrderPlaced."),
+        Column(
+            "status",
+            "Life-cycle stage - PLACED, CONFIRMED, PAID, SHIPPED, DELIVERED or CANCELLED - set by the "
+            "latest stage event. A refund does not change it, and a paid order can still be CANCELLED "
+            "(see paid_at).",
+        ),
+        Column(
+            "sales_channel",
+            "Where the order was placed - WEB, MOBILE, STORE or UNKNOWN (UNKNOWN also for orders placed "
+            "before the channel was recorded, OrderPlaced v1).",
+        ),
+        Column(
+            "currency",
+            "ISO 4217 code of every price and amount of the order (all its lines share it), from its first "
+            "line. Null only for an order placed without lines, which the order aggregate refuses.",
+        ),
+        Column(
+            "item_count",
+            "Units ordered - the sum of the quantities of the current lines, not the number of lines; "
+            "changes with OrderItemAdded and OrderItemRemoved.",
+        ),
+        Column(
+            "items_total",
+            "Sum of quantity x unit price over the current lines, in currency: the amount the payment "
+            "must equal.",
+        ),
+        Column(
+            "paid_amount", "Amount paid (OrderPaid), in currency; 0.00 until paid. Refunds do not reduce it."
+        ),
+        Column(
+            "refunded_amount",
+            "Sum of the refunds (OrderRefunded), in currency; 0.00 when none. What the order finally "
+            "brought in is paid_amount - refunded_amount.",
+        ),
+        Column(
+            "lines",
+            "The current lines as a JSON object keyed by product id, each "
+            '{"sku", "quantity", "unit_price" (a decimal as a string), "currency"}; a removed line is gone.',
+        ),
+        Column(
+            "shipping_city",
+            "City of the shipping address, from OrderPlaced, replaced by ShippingAddressUpdated.",
+        ),
+        Column(
+            "shipping_country",
+            "Two-letter country code of the shipping address (same events as shipping_city).",
+        ),
+        Column("payment_ref", "Payment reference from OrderPaid; null until paid."),
+        Column("carrier", "Carrier the order was handed to (OrderShipped); null until shipped."),
+        Column("tracking_number", "The carrier's tracking number (OrderShipped); null until shipped."),
+        Column(
+            "cancel_reason", "Reason given when the order was cancelled (OrderCancelled); null otherwise."
+        ),
+        Column("placed_at", "When the order was placed (OrderPlaced)."),
+        Column("confirmed_at", "When the order was confirmed (OrderConfirmed); null until then."),
+        Column("paid_at", "When the order was paid (OrderPaid); null until then."),
+        Column("shipped_at", "When the order was shipped (OrderShipped); null until then."),
+        Column("delivered_at", "When the order was delivered (OrderDelivered); null until then."),
+        Column("cancelled_at", "When the order was cancelled (OrderCancelled); null unless cancelled."),
+        Column("last_refunded_at", "When the most recent refund happened (OrderRefunded); null when none."),
+        Column(
+            "version",
+            "The order's aggregate version after the last event applied, i.e. how many events the order "
+            "has had (1 after OrderPlaced).",
+        ),
+        Column(
+            "updated_at",
+            "Event time of the last event applied to the order, not the time the row was written.",
+        ),
+    ),
+)
+
+READ_MODEL = ReadModel(name="orders", tables=(orders,), ddl={1: DDL_V1}, views=(VIEW,))
+"""The read model this projection builds, as `esflow db migrate`, the bi views and docs/bi.md see it."""
+
+# ------------------------------------------------------------------------------ the projection
 
 COLUMNS: Sequence[str] = tuple(c.name for c in orders.columns)
 
@@ -141,6 +313,7 @@ class OrdersProjection:
 
     name = "orders"
     version = 1
+    read_model = READ_MODEL
     aggregates = ("order",)
     _known = event_types("order")
 

@@ -125,7 +125,7 @@ class Rebuilder:
             return versions.standard_checks(conn, self.layout, self.name, new)
 
         return versions.switch(
-            self.base, self.layout, self.name, version.version, catch_up=catch_up, validate=validate
+            self.base, self.layout, self.projection, version.version, catch_up=catch_up, validate=validate
         )
 
     # ----------------------------------------------------------------------------------- actions
@@ -163,7 +163,9 @@ class Rebuilder:
             if stop is not None and stop.is_set():
                 return version
             with self.base.begin() as conn:
-                create_indexes(conn, version.schema, {self.name: version.code_version})
+                create_indexes(
+                    conn, version.schema, [self.projection.read_model.ddl_at(version.code_version)]
+                )
             if not switch:
                 return version
             try:
@@ -202,7 +204,9 @@ class Rebuilder:
                         hint="run the rollback from a deployment of that code version",
                     )
 
-                return versions.switch(self.base, self.layout, self.name, target.version, catch_up=refuse)
+                return versions.switch(
+                    self.base, self.layout, self.projection, target.version, catch_up=refuse
+                )
             return self._switch(target, stop)
 
     def drop(self, version: int) -> Version:

@@ -1,13 +1,23 @@
-"""Every projection by name, and the decoder that feeds them from the Avro codec."""
+"""Every projection by name with its read model, and the decoder that feeds them from the Avro codec.
+
+Registering a projection here is the one step besides writing its module: `esflow db migrate`, the
+``bi`` views, ``docs/bi.md`` (``python -m projections.bidocs``) and the workers all find it here.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import sqlalchemy as sa
+
 from esflow.domain.messages import EventEnvelope
 from esflow.errors import MisroutedRecord, UnknownProjection
 from esflow.messaging.codec import Codec
+from esflow.readmodel import tables
+from esflow.readmodel.contract import PROJECTION_STATUS, View
+from esflow.readmodel.migrations import ReadModelDDL
+from esflow.readmodel.model import ReadModel
 from esflow.readmodel.projection import Decoded, Projection, RawEvent
 from projections.account_balances import AccountBalancesProjection
 from projections.customer_order_stats import CustomerOrderStatsProjection
@@ -18,15 +28,18 @@ from projections.orders import OrdersProjection
 from projections.product_catalog import ProductCatalogProjection
 
 PROJECTIONS: Mapping[str, Callable[[], Projection[Any]]] = {
-    "orders": OrdersProjection,
-    "order_items": OrderItemsProjection,
-    "customer_order_stats": CustomerOrderStatsProjection,
-    "product_catalog": ProductCatalogProjection,
-    "account_balances": AccountBalancesProjection,
-    "daily_revenue": DailyRevenueProjection,
-    "event_log": EventLogProjection,
+    p.name: p
+    for p in (
+        OrdersProjection,
+        OrderItemsProjection,
+        CustomerOrderStatsProjection,
+        ProductCatalogProjection,
+        AccountBalancesProjection,
+        DailyRevenueProjection,
+        EventLogProjection,
+    )
 }
-"""Factories of the reference domain's projections, by name (also the read-model table's name)."""
+"""Factories of the reference domain's projections, by name (also their read model's and main view's)."""
 
 
 def get(name: str) -> Projection[Any]:
@@ -35,6 +48,31 @@ def get(name: str) -> Projection[Any]:
     if factory is None:
         raise UnknownProjection(f"no projection {name!r}", hint=f"known: {', '.join(PROJECTIONS)}")
     return factory()
+
+
+def read_models() -> list[ReadModel]:
+    """The read model of every registered projection, in registry order."""
+    return [factory().read_model for factory in PROJECTIONS.values()]
+
+
+def newest_ddl() -> list[ReadModelDDL]:
+    """Every read model's DDL at its newest code version (a schema with all of them: tests, benches)."""
+    return [model.newest for model in read_models()]
+
+
+def views() -> list[tuple[View, sa.Table]]:
+    """Every view of the ``bi`` schema with the table it selects from: the read models', then freshness."""
+    out = [(view, model.table(view.table)) for model in read_models() for view in model.views]
+    return [*out, (PROJECTION_STATUS, tables.status)]
+
+
+def view(name: str) -> View:
+    """The view called ``name``; a :class:`ValueError` naming the known views otherwise."""
+    known = {v.name: v for v, _ in views()}
+    try:
+        return known[name]
+    except KeyError:
+        raise ValueError(f"no BI view {name!r}; the views are: {', '.join(known)}") from None
 
 
 class EnvelopeDecoder:

@@ -49,11 +49,10 @@ from esflow.messaging.topics import event_topic, wait_until_visible
 from esflow.readmodel import versions
 from esflow.readmodel.applier import BatchApplier
 from esflow.readmodel.bulk import UpsertMethod, copy_rows, upsert
-from esflow.readmodel.migrations import create_schema
+from esflow.readmodel.migrations import ReadModelDDL, create_schema
+from esflow.readmodel.model import ReadModel
 from esflow.readmodel.projection import Decoded, RawEvent, prepare
 from esflow.readmodel.store import ProjectionStore, create_engine
-from esflow.readmodel.tables import event_log
-from esflow.readmodel.tables import orders as orders_table
 from esflow.settings import KafkaSettings, PostgresSettings, ProjectionSettings, TopicSettings, load_settings
 from ops.bench.projection_workload import Workload
 from projections import orders as orders_projection
@@ -61,7 +60,7 @@ from projections import registry, runtime
 from projections.common import json_text
 from projections.common import values as orders_projection_values
 from projections.event_log import COLUMNS as EVENT_LOG_COLUMNS
-from projections.event_log import EventLogProjection
+from projections.event_log import EventLogProjection, event_log
 
 TARGET_RATE = 20_000
 TARGET_SHARE = 0.5
@@ -73,6 +72,7 @@ class NoopProjection:
 
     name = "noop"
     version = 1
+    read_model = ReadModel(name="noop", tables=(), ddl={1: ReadModelDDL(tables=())}, views=())
     aggregates = AGGREGATES
 
     def knows(self, type_name: str) -> bool:
@@ -123,7 +123,7 @@ def _raws(codec: Codec, envelopes: Sequence[Any], partitions: int) -> list[RawEv
 def _schema(engine_of: Any, pg: PostgresSettings, name: str) -> sa.Engine:
     engine: sa.Engine = engine_of(pg, name)
     with engine.begin() as conn:
-        create_schema(conn, name)
+        create_schema(conn, name, registry.newest_ddl())
     return engine
 
 
@@ -181,7 +181,7 @@ def bench_upsert_methods(
                     with engine.begin() as conn:
                         upsert(
                             conn,
-                            orders_table,
+                            orders_projection.orders,
                             orders_projection.COLUMNS,
                             rows[i : i + batch],
                             conflict=["order_id"],

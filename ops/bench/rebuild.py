@@ -198,7 +198,7 @@ def bench_replay(
     engine = create_engine(pg, schema)
     try:
         with engine.begin() as conn:
-            create_schema(conn, schema, {projection: proj.version}, indexes=False)
+            create_schema(conn, schema, [proj.read_model.ddl_at(proj.version)], indexes=False)
         replayer = Replayer(
             proj,
             registry.EnvelopeDecoder(Codec.from_settings()),
@@ -227,7 +227,7 @@ def bench_replay(
         result = replayer.run(lag_threshold=0, progress=progress)
         replayed = time.perf_counter()
         with engine.begin() as conn:
-            indexes = create_indexes(conn, schema, {projection: proj.version})
+            indexes = create_indexes(conn, schema, [proj.read_model.ddl_at(proj.version)])
         finished = time.perf_counter()
         print(file=sys.stderr)
         events = result.applied + result.skipped + result.dead_lettered

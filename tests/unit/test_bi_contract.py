@@ -1,19 +1,30 @@
-"""The BI contract (esflow.readmodel.contract) against the tables it exposes and the docs that explain it."""
+"""The read-model declarations (BI views, tables, frozen DDL) against each other and the docs they make."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 
-from esflow.readmodel import tables
-from esflow.readmodel.contract import VIEWS, Column, View, view
+from esflow.errors import EsflowError, MigrationError
+from esflow.readmodel import bidocs, model
+from esflow.readmodel.contract import Column, View
+from esflow.readmodel.model import ReadModel
+from projections import bidocs as bidocs_cli
+from projections import registry
+from projections.registry import view
 
 # Only compiles types: an engine connects on first use, and this one is never used.
 POSTGRES = sa.create_engine("postgresql+psycopg://").dialect
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "bi.md"
+PAIRS = registry.views()
+VIEWS = [v for v, _ in PAIRS]
+TABLES = {v.name: t for v, t in PAIRS}
+MODELS = registry.read_models()
 
 # Tables that are esflow's own plumbing, never shown to BI tools.
 INTERNAL = {"customer_order_stats_orders", "projection_checkpoints", "projection_dead_letters"}
@@ -30,7 +41,7 @@ def _ddl_type(column: sa.Column[object]) -> str:
 
 
 def _table(v: View) -> sa.Table:
-    return tables.metadata.tables[v.table]
+    return TABLES[v.name]
 
 
 def _normalised(text: str) -> str:
@@ -53,7 +64,7 @@ def _texts(v: View) -> list[str]:
 def test_one_view_per_read_model_plus_the_status_view() -> None:
     names = [v.name for v in VIEWS]
     assert len(names) == len(set(names))
-    assert names == [*tables.READ_MODEL_TABLES, "projection_status"]
+    assert names == [*registry.PROJECTIONS, "projection_status"]
     for v in VIEWS:
         if v.name == "projection_status":
             assert (v.projection, v.table) == ("*", "projection_status")
@@ -64,8 +75,44 @@ def test_one_view_per_read_model_plus_the_status_view() -> None:
 
 @pytest.mark.parametrize("v", VIEWS, ids=lambda v: v.name)
 def test_view_has_every_table_column_in_table_order(v: View) -> None:
-    assert v.table in tables.metadata.tables, f"{v.name}: no table {v.table} in esflow.readmodel.tables"
+    assert _table(v).name == v.table
     assert v.column_names == tuple(c.name for c in _table(v).columns)
+
+
+@pytest.mark.parametrize("m", MODELS, ids=lambda m: m.name)
+def test_every_declaration_is_consistent_and_its_released_ddl_frozen(m: ReadModel) -> None:
+    assert model.problems(m) == []
+
+
+def test_an_edited_released_ddl_or_a_view_missing_a_column_is_caught() -> None:
+    orders = registry.get("orders").read_model
+    v1 = orders.ddl_at(1)
+    edited = dataclasses.replace(v1, tables=(v1.tables[0].replace("carrier", "shipper"),))
+    assert dataclasses.replace(v1, tables=(f"  {v1.tables[0]}\n",)).digest == v1.digest  # layout is free
+    short = dataclasses.replace(orders.views[0], columns=orders.views[0].columns[:-1])
+    found = model.problems(dataclasses.replace(orders, ddl={1: edited}, views=(short,)))
+    assert any("v1: DDL digest" in p for p in found), found
+    assert any("must list the columns of orders in order" in p for p in found), found
+    with pytest.raises(MigrationError, match="no DDL for projection 'orders' at code version 7"):
+        orders.ddl_at(7)
+
+
+def test_the_committed_docs_are_generated_from_the_declarations() -> None:
+    page = DOCS.read_text(encoding="utf-8")
+    assert bidocs_cli.current(page) == page, "docs/bi.md is stale: run `python -m projections.bidocs`"
+    assert CliRunner().invoke(bidocs_cli.main, ["--check"]).exit_code == 0
+
+
+def test_the_docs_check_fails_on_a_stale_page_and_regenerating_fixes_it(tmp_path: Path) -> None:
+    page = tmp_path / "bi.md"
+    stale = DOCS.read_text(encoding="utf-8").replace("Units ordered; always positive.", "Units.")
+    page.write_text(stale, encoding="utf-8")
+    checked = CliRunner().invoke(bidocs_cli.main, ["--check", "--page", str(page)])
+    assert checked.exit_code == 1 and "stale" in checked.output
+    assert CliRunner().invoke(bidocs_cli.main, ["--page", str(page)]).exit_code == 0
+    assert page.read_text(encoding="utf-8") == DOCS.read_text(encoding="utf-8")
+    with pytest.raises(EsflowError, match="no generated part"):
+        bidocs.regenerate("# no markers\n", PAIRS)
 
 
 @pytest.mark.parametrize("v", VIEWS, ids=lambda v: v.name)

@@ -16,6 +16,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import sqlalchemy as sa
 
 from esflow.readmodel.bulk import UpsertMethod
+from esflow.readmodel.model import ReadModel
 
 TP = tuple[str, int]
 """A (topic, partition) pair."""
@@ -85,6 +86,11 @@ class Projection(Protocol[E]):
         A new code version is a new projection version, rebuilt blue-green into its own schema; its DDL is
         keyed by this number.
         """
+        ...
+
+    @property
+    def read_model(self) -> ReadModel:
+        """What the projection writes: its tables, their DDL per code version, its BI views."""
         ...
 
     @property

@@ -32,7 +32,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from esflow.errors import EsflowError, translated
-from esflow.readmodel.contract import VIEWS, View
+from esflow.readmodel.contract import PROJECTION_STATUS, View
 from esflow.readmodel.migrations import create_schema, migrate
 from esflow.readmodel.projection import TP, Projection
 
@@ -157,11 +157,6 @@ def get_version(conn: sa.Connection, layout: Layout, projection: str, version: i
     raise VersionError(f"projection {projection} has no version {version}", hint=f"known: {known}")
 
 
-def views_of(projection: str) -> tuple[View, ...]:
-    """The BI views a projection maintains."""
-    return tuple(v for v in VIEWS if v.projection == projection)
-
-
 # ----------------------------------------------------------------------------------------- install
 
 
@@ -202,7 +197,7 @@ def install(engine: sa.Engine, layout: Layout, projections: Sequence[Projection[
                 if list_versions(conn, layout, projection):
                     continue
                 schema = layout.version_schema(projection, 1)
-                create_schema(conn, schema, {projection: code_version})
+                create_schema(conn, schema, [p.read_model.ddl_at(code_version)])
                 conn.execute(
                     sa.text(
                         f"INSERT INTO {layout.registry} (projection, version, schema_name, code_version, "
@@ -210,7 +205,7 @@ def install(engine: sa.Engine, layout: Layout, projections: Sequence[Projection[
                     ),
                     {"p": projection, "s": schema, "c": code_version, "a": list(p.aggregates)},
                 )
-                _point_views(conn, layout, projection, schema)
+                _point_views(conn, layout, p.read_model.views, schema)
                 done.append(f"projection {projection} v1 (code version {code_version}) in {schema}, live")
     return done
 
@@ -271,10 +266,10 @@ def _literal(text: str) -> str:
 # ------------------------------------------------------------------------------------------ views
 
 
-def _point_views(conn: sa.Connection, layout: Layout, projection: str, schema: str) -> None:
-    """Point the projection's views at ``schema`` and refresh the freshness view (caller's txn)."""
+def _point_views(conn: sa.Connection, layout: Layout, views: Sequence[View], schema: str) -> None:
+    """Point a projection's ``views`` at ``schema`` and refresh the freshness view (caller's txn)."""
     bi = _q(layout.bi)
-    for view in views_of(projection):
+    for view in views:
         columns = ", ".join(_q(c.name) for c in view.columns)
         conn.execute(
             sa.text(
@@ -288,7 +283,7 @@ def _point_views(conn: sa.Connection, layout: Layout, projection: str, schema: s
 
 
 def _point_status_view(conn: sa.Connection, layout: Layout) -> None:
-    status = next(v for v in VIEWS if v.projection == "*")
+    status = PROJECTION_STATUS
     columns = ", ".join(_q(c.name) for c in status.columns)
     lives = [v.schema for v in list_versions(conn, layout) if v.state == "live"]
     if not lives:
@@ -321,14 +316,14 @@ def _column_types(conn: sa.Connection, schema: str, relation: str) -> dict[str, 
     return {str(name): str(type_) for name, type_ in rows}
 
 
-def contract_problems(conn: sa.Connection, layout: Layout, projection: str, schema: str) -> list[str]:
-    """Why ``schema`` cannot serve the projection's BI views (empty when it can).
+def contract_problems(conn: sa.Connection, layout: Layout, views: Sequence[View], schema: str) -> list[str]:
+    """Why ``schema`` cannot serve a projection's BI ``views`` (empty when it can).
 
     Every contract column must exist in the new tables, with the type the current view exposes (or, for
     a view not created yet, any type): BI tools never see a column vanish, change type or be renamed.
     """
     problems = []
-    for view in views_of(projection):
+    for view in views:
         table = _column_types(conn, schema, view.table)
         if not table:
             problems.append(f"{schema}.{view.table} does not exist")
@@ -368,7 +363,7 @@ def begin_build(conn: sa.Connection, layout: Layout, built: Projection[Any]) -> 
     number = max((v.version for v in versions), default=0) + 1
     schema = layout.version_schema(projection, number)
     conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {_q(schema)} CASCADE"))
-    create_schema(conn, schema, {projection: code_version}, indexes=False)
+    create_schema(conn, schema, [built.read_model.ddl_at(code_version)], indexes=False)
     conn.execute(
         sa.text(
             f"INSERT INTO {layout.registry} (projection, version, schema_name, code_version, aggregates, "
@@ -412,7 +407,7 @@ def behind(target: Mapping[TP, int], have: Mapping[TP, int]) -> dict[TP, int]:
 def switch(
     engine: sa.Engine,
     layout: Layout,
-    projection: str,
+    served: Projection[Any],
     to_version: int,
     *,
     catch_up: Callable[[Mapping[TP, int]], None],
@@ -426,8 +421,10 @@ def switch(
     ``to_version`` has applied at least as far on every partition; otherwise it lets go, calls
     ``catch_up(target)`` to bring ``to_version`` past those offsets, and tries again. ``validate``
     (run inside the switching transaction) returning problems stops the switch with
-    :class:`ValidationFailed` and nothing changes.
+    :class:`ValidationFailed` and nothing changes. The views switched are those ``served`` (the
+    projection's code in this process) declares.
     """
+    projection = served.name
     for _attempt in range(attempts):
         gap: dict[TP, int] = {}
         with engine.begin() as conn:
@@ -446,7 +443,7 @@ def switch(
                 frozen = checkpoints(conn, old.schema, projection, lock=True)
                 gap = behind(frozen, checkpoints(conn, new.schema, projection))
             if not gap:
-                problems = list(contract_problems(conn, layout, projection, new.schema))
+                problems = list(contract_problems(conn, layout, served.read_model.views, new.schema))
                 if validate is not None:
                     problems.extend(validate(conn, new))
                 if problems:
@@ -469,7 +466,7 @@ def switch(
                     ),
                     {"p": projection, "v": to_version},
                 )
-                _point_views(conn, layout, projection, new.schema)
+                _point_views(conn, layout, served.read_model.views, new.schema)
                 return get_version(conn, layout, projection, to_version)
         catch_up(gap)
     raise VersionError(

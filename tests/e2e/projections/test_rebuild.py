@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -224,14 +225,15 @@ def _daily_revenue_v2(
 
     Also points this process's settings at the harness, so in-process rebuilds and workers use it.
     """
-    v1 = migrations.READ_MODELS["daily_revenue"][1]
+    model = DailyRevenueProjection.read_model
+    v1 = model.ddl_at(1)
     v2 = migrations.ReadModelDDL(tables=tuple(table_ddl(t) for t in v1.tables), indexes=v1.indexes)
-    monkeypatch.setitem(migrations.READ_MODELS, "daily_revenue", {1: v1, 2: v2})
     for key, value in harness.env().items():
         monkeypatch.setenv(key, value)
 
     class Version2(DailyRevenueProjection):
         version = 2
+        read_model = dataclasses.replace(model, ddl={1: v1, 2: v2})
 
     return Version2
 
@@ -246,9 +248,7 @@ def test_a_version_that_breaks_the_bi_contract_never_goes_live(
     widened = _daily_revenue_v2(
         harness, monkeypatch, lambda ddl: ddl.replace("orders        integer", "orders        bigint")
     )
-    assert (
-        migrations.READ_MODELS["daily_revenue"][2].tables != migrations.READ_MODELS["daily_revenue"][1].tables
-    )
+    assert widened.read_model.ddl_at(2).tables != widened.read_model.ddl_at(1).tables
     with (
         Rebuilder("daily_revenue", load_settings(), projection=widened()) as rebuilder,
         pytest.raises(versions.ValidationFailed, match=r"daily_revenue\.orders is bigint"),

@@ -56,7 +56,7 @@ class Schemas:
         engine = create_engine(self.harness.pg, schema)
         self.engines.append(engine)
         with engine.begin() as conn:
-            create_schema(conn, schema, {projection: registry.get(projection).version}, indexes=indexes)
+            create_schema(conn, schema, [registry.get(projection).read_model.newest], indexes=indexes)
         return ProjectionStore(engine)
 
     def close(self) -> None:

@@ -9,14 +9,15 @@ import sqlalchemy as sa
 
 from esflow.errors import MigrationError
 from esflow.messaging.codec import Codec
+from esflow.readmodel import tables
 from esflow.readmodel.applier import BatchApplier
 from esflow.readmodel.bulk import UpsertMethod
 from esflow.readmodel.migrations import MIGRATIONS, Migration, create_schema, migrate
 from esflow.readmodel.projection import RawEvent
 from esflow.readmodel.store import ProjectionStore, create_engine
-from esflow.readmodel.tables import metadata
 from esflow.settings import PostgresSettings, ProjectionSettings
 from ops.bench.projection_workload import Workload
+from projections import registry
 from projections.event_log import EventLogProjection
 from projections.orders import OrdersProjection
 from projections.registry import EnvelopeDecoder
@@ -29,7 +30,7 @@ TOPIC = "events.order"
 def engine(pg_settings: PostgresSettings, pg_schema: str) -> Iterator[sa.Engine]:
     engine = create_engine(pg_settings, pg_schema)
     with engine.begin() as conn:
-        create_schema(conn, pg_schema)
+        create_schema(conn, pg_schema, registry.newest_ddl())
     yield engine
     engine.dispose()
 
@@ -64,7 +65,8 @@ def _count(engine: sa.Engine, sql: str) -> int:
 
 def test_the_read_model_ddl_matches_the_tables(engine: sa.Engine, pg_schema: str) -> None:
     inspector = sa.inspect(engine)
-    for table in metadata.sorted_tables:
+    declared = [table for model in registry.read_models() for table in model.tables]
+    for table in [*tables.metadata.sorted_tables, *declared]:
         columns = {c["name"]: c for c in inspector.get_columns(table.name, schema=pg_schema)}
         assert set(columns) == {c.name for c in table.columns}, table.name
         for column in table.columns:
@@ -212,7 +214,7 @@ def test_upsert_methods_give_the_same_rows(pg_settings: PostgresSettings, pg_sch
         engine = create_engine(pg_settings, schema)
         try:
             with engine.begin() as conn:
-                create_schema(conn, schema)
+                create_schema(conn, schema, registry.newest_ddl())
             store = ProjectionStore(engine, method=method)
             BatchApplier(store, OrdersProjection(), EnvelopeDecoder(CODEC), ProjectionSettings()).process(
                 raws[:250]
