@@ -63,7 +63,7 @@ from esflow import errors
 from esflow.errors import EsflowError, KafkaOperationError, ProjectionError, ProjectionHalted, translate
 from esflow.messaging.kafka import consumer_config, watermarks
 from esflow.readmodel.applier import BatchApplier, Observer, Stopping
-from esflow.readmodel.projection import TP, Decoder, Projection, RawEvent
+from esflow.readmodel.projection import TP, Decoder, Projection, RawEvent, records_left
 from esflow.readmodel.store import BatchResult, ProjectionStore
 from esflow.settings import KafkaSettings, ProjectionSettings, TopicSettings
 from projections.runtime import event_topics
@@ -657,7 +657,9 @@ class _Shard:
             with contextlib.suppress(Exception):
                 _, high = consumer.get_watermark_offsets(TopicPartition(tp[0], tp[1]), cached=True)
                 part.high = max(part.high, int(high))
-            lag[tp] = 0 if part.at_end else max(0, part.high - offset - 1)
+            left = records_left(offset, part.high, at_end=part.at_end)
+            if left is not None:
+                lag[tp] = left
         return (raws, lag) if raws else None
 
     def _consumer_error(self, tp: TP, err: KafkaError) -> None:

@@ -26,7 +26,7 @@ from esflow.readmodel.projection import TP, Decoder, Projection, RawEvent
 from esflow.readmodel.store import ProjectionStore
 from esflow.settings import KafkaSettings, ProjectionSettings, TopicSettings
 from projections.metrics import PrometheusObserver
-from projections.transport import ProjectionApp, with_timeout
+from projections.transport import CheckpointSeekingConsumer, ProjectionApp, with_timeout
 
 log = logging.getLogger("esflow.projections")
 
@@ -157,15 +157,17 @@ def build(
 
 
 def _lag(app: ProjectionApp, raws: list[RawEvent]) -> dict[TP, int]:
-    """Events left in each partition after this batch, where the consumer knows the high watermark."""
+    """Records left in each partition after this batch, where the consumer knows its end."""
     last: dict[TP, int] = {}
     for raw in raws:
         last[raw.tp] = raw.offset
     lag: dict[TP, int] = {}
     consumer = app.consumer
+    if not isinstance(consumer, CheckpointSeekingConsumer):  # pragma: no cover - ProjectionApp's own
+        return lag
     for tp, offset in last.items():
-        with contextlib.suppress(Exception):
-            highwater = consumer.highwater(faust.types.TP(*tp))
-            if highwater is not None:
-                lag[tp] = max(0, int(highwater) - offset - 1)
+        with contextlib.suppress(Exception):  # not assigned any more (a rebalance): no figure
+            left = consumer.records_left(faust.types.TP(*tp), offset)
+            if left is not None:
+                lag[tp] = left
     return lag

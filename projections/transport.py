@@ -25,6 +25,8 @@ from typing import Any, cast
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from esflow.readmodel.projection import records_left
+
 log = logging.getLogger("esflow.projections")
 
 ISOLATION_LEVEL = "read_committed"
@@ -80,6 +82,21 @@ class CheckpointSeekingConsumer(faust_aiokafka.Consumer):
                 await self._seek(tp, position)
             committed[tp] = position
         return committed
+
+    def records_left(self, tp: Any, last: int) -> int | None:
+        """Records still to apply in ``tp`` after offset ``last`` (the partition's ``lag``), or None.
+
+        Counted by :func:`~esflow.readmodel.projection.records_left` from where read_committed reading
+        stops: aiokafka's last stable offset, as of its latest fetch (the high watermark when it has
+        none). Whether Faust still holds fetched records is not observable, so "the consumer read to
+        the end" is never claimed here. Reads aiokafka's state without waiting, as Faust's own
+        ``highwater()`` does.
+        """
+        state = self._thread._ensure_consumer()._subscription.subscription.assignment.state_value(tp)
+        if state is None:
+            return None
+        end = state.lso if state.lso is not None and state.lso >= 0 else state.highwater
+        return records_left(last, end)
 
 
 class ReadCommittedTransport(faust_aiokafka.Transport):

@@ -107,9 +107,12 @@ PROJECTION_STATUS = View(
         ),
         Column(
             "lag",
-            "Records left to read in the partition after the last batch, from the Kafka high watermark "
-            "when that batch was read; null when unknown. It counts offsets, so Kafka transaction markers "
-            "count too (a caught-up partition may show 1), and it is not refreshed while nothing arrives.",
+            "Events still to apply in the partition after last_offset, as the projection knew when it "
+            "wrote the row; null when unknown. 0 when it had read to the end of the partition (a caught-up "
+            "partition shows 0: what follows the last event is only Kafka transaction markers). Otherwise "
+            "counted from the end of the partition without the commit marker that closes it - exact when "
+            "the events left are one transaction, one too many for each further transaction (its marker) "
+            "and each event of an aborted one. Not refreshed while nothing arrives.",
         ),
         Column(
             "events_applied",

@@ -107,6 +107,28 @@ class Projection(Protocol[E]):
         ...
 
 
+def records_left(last: int, end: int | None, *, at_end: bool = False) -> int | None:
+    """The records still to apply in a partition after offset ``last``: its ``lag``.
+
+    ``end`` is where a read_committed consumer stops (the last stable offset: the high watermark when
+    no transaction is open); None when not known yet, which makes the lag unknown. ``at_end``: the
+    consumer has read everything before ``end`` and delivered nothing after ``last``, so whatever
+    offsets remain are transaction markers or records of aborted transactions: nothing to apply.
+
+    Otherwise the count is the offsets after ``last`` up to ``end``, less one for the commit marker
+    that closes the log: the event topics are written in Kafka transactions (the command processor's),
+    and every committed transaction takes one offset for its marker after its records. So a caught-up
+    partition (``last`` = ``end`` - 2) shows 0, and one whose remaining records are one transaction
+    shows their exact number; each further transaction among them adds its marker (the count is an
+    upper bound then), as do records of aborted transactions.
+    """
+    if at_end:
+        return 0
+    if end is None or end < 0:
+        return None
+    return max(0, end - last - 2)
+
+
 def prepare(projection: Projection[E], decoder: Decoder[E], raws: Sequence[RawEvent]) -> list[Item]:
     """Decode a batch; failures and unknown types become :class:`Rejected` items, in place."""
     items: list[Item] = []

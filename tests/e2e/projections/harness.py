@@ -129,11 +129,15 @@ class Harness:
 
     # ------------------------------------------------------------------------------------ producing
 
-    def produce(self, envelopes: Iterable[EventEnvelope], *, abort: bool = False) -> list[LogEntry]:
-        """Publish envelopes (idempotent producer, or one transaction that is aborted); return positions."""
+    def produce(
+        self, envelopes: Iterable[EventEnvelope], *, abort: bool = False, transaction: bool = False
+    ) -> list[LogEntry]:
+        """Publish envelopes (idempotent producer; one transaction with ``transaction``, aborted with
+        ``abort``, as the command processor writes); return positions."""
+        transactional = abort or transaction
         config = (
             transactional_producer_config(self.kafka, f"txn-{uuid.uuid4().hex[:8]}")
-            if abort
+            if transactional
             else producer_config(self.kafka, **{"linger.ms": 20, "batch.num.messages": 5000})
         )
         producer = Producer(config)
@@ -146,7 +150,7 @@ class Harness:
 
             return callback
 
-        if abort:
+        if transactional:
             producer.init_transactions(30)
             producer.begin_transaction()
         for env in envelopes:
@@ -162,6 +166,8 @@ class Harness:
         producer.flush(60)
         if abort:
             producer.abort_transaction(30)
+        elif transaction:
+            producer.commit_transaction(30)
         return out
 
     def produce_raw(self, aggregate: str, values: Sequence[bytes], *, partition: int = 0) -> list[int]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import uuid
 
 import sqlalchemy as sa
@@ -109,3 +112,31 @@ def test_a_worker_resumes_from_the_postgres_checkpoint_not_from_kafka(harness: H
     assert (count, distinct) == (len(log) + len(more), len(log) + len(more))
     assert halted == 0
     assert _event_ids(harness) == {env.metadata.event_id for *_, env in log + more}
+
+
+def test_a_caught_up_worker_reports_no_lag_despite_the_transaction_markers(harness: Harness) -> None:
+    # Committed transactions, as the command processor writes them: each ends with a marker that takes
+    # an offset, so a caught-up partition's last event is two offsets below its high watermark.
+    workload = Workload(seed=43)
+    log = harness.produce(workload.events(300), transaction=True)
+    log += harness.produce(workload.events(300), transaction=True)
+    harness.start("event_log")
+    harness.wait_applied({"event_log": len(log)}, timeout=90)
+    with harness.db("event_log").connect() as conn:
+        rows = conn.execute(sa.text("SELECT topic, partition, last_offset, lag FROM projection_status")).all()
+    ends = {(harness.topic(a), p): high for a in AGGREGATES for p, high in harness.end_offsets(a).items()}
+    assert {(r.topic, r.partition): r.last_offset for r in rows} == {
+        tp: high - 2 for tp, high in ends.items() if high
+    }
+    assert {r.lag for r in rows} == {0}
+    cli = subprocess.run(
+        [sys.executable, "-m", "esflow", "projection", "status", "event_log", "--json"],
+        env=harness.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    (live,) = [v for v in map(json.loads, cli.stdout.splitlines()) if v["state"] == "live"]
+    assert live["lag"] == 0 and {p["lag"] for p in live["partitions"]} == {0}
+    assert harness.stop("event_log") == [0]

@@ -271,3 +271,34 @@ def test_bad_input_under_the_halt_policy_stops_the_replay(harness: Harness, sche
     with store.engine.connect() as conn:
         halted = conn.execute(sa.text("SELECT topic, partition FROM projection_status WHERE halted")).all()
     assert [tuple(r) for r in halted] == [(topic, 1)]
+
+
+def test_the_lag_written_to_projection_status_counts_events_not_transaction_markers(
+    harness: Harness, schemas: Schemas
+) -> None:
+    # One committed transaction, as the command processor writes: its commit marker takes the last
+    # offset of every partition, and is not an event left to apply.
+    log = harness.produce(Workload(seed=66).events(2000), transaction=True)
+    topic = harness.topic("order")
+    ends = {(topic, p): high for p, high in harness.end_offsets("order").items()}
+    store = schemas.new("orders")
+
+    replayer(harness, "orders", store, batch_size=100).run(
+        targets={tp: high // 3 for tp, high in ends.items()}, timeout_s=60
+    )
+
+    def status() -> dict[TP, tuple[int, int | None]]:
+        with store.engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT topic, partition, last_offset, lag FROM projection_status"))
+            return {(t, p): (o, lag) for t, p, o, lag in rows}
+
+    behind = status()
+    assert set(behind) == set(ends)
+    left = {tp: sum(1 for t, p, o, _ in log if (t, p) == tp and o > behind[tp][0]) for tp in behind}
+    assert any(left.values())  # the replay stopped short of the end somewhere
+    assert {tp: lag for tp, (_, lag) in behind.items()} == left
+
+    replayer(harness, "orders", store, batch_size=100).run(timeout_s=60)
+    caught_up = status()
+    assert {tp: o for tp, (o, _) in caught_up.items()} == {tp: high - 2 for tp, high in ends.items()}
+    assert {lag for _, lag in caught_up.values()} == {0}

@@ -20,7 +20,7 @@ from esflow.domain.values import Address, Money, OrderItem
 from esflow.messaging.codec import Codec
 from esflow.readmodel.applier import is_transient
 from esflow.readmodel.migrations import MIGRATIONS
-from esflow.readmodel.projection import Decoded, RawEvent, Rejected, prepare
+from esflow.readmodel.projection import Decoded, RawEvent, Rejected, prepare, records_left
 from esflow.settings import KafkaSettings, PostgresSettings, ProjectionSettings, TopicSettings
 from projections import orders, registry, runtime
 from projections.transport import ISOLATION_LEVEL, CheckpointSeekingConsumer, ReadCommittedConsumerThread
@@ -189,3 +189,14 @@ def test_projection_settings_come_from_the_environment(monkeypatch: pytest.Monke
     with pytest.raises(ValueError, match="db_schema"):
         ProjectionSettings()
     assert PostgresSettings().database_url.startswith("postgresql+psycopg://")
+
+
+def test_lag_counts_the_events_left_not_the_commit_marker_after_them() -> None:
+    # Events at offsets 0..9 in one committed transaction, its marker at 10: the end is 11.
+    assert records_left(9, 11) == 0  # caught up
+    assert records_left(4, 11) == 5  # offsets 5..9 left
+    assert records_left(-1, 11) == 10  # nothing applied yet
+    # The consumer read past the end (aborted records or several markers after the last event).
+    assert records_left(9, 15, at_end=True) == 0
+    assert records_left(9, 15) == 4  # without that knowledge: an upper bound
+    assert records_left(3, None) is None and records_left(3, -1) is None  # end unknown
