@@ -40,6 +40,7 @@ from typing import Any
 import sqlalchemy as sa
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+from psycopg import sql
 
 from esflow import gctune
 from esflow.domain.messages import AGGREGATE_TYPES
@@ -129,7 +130,7 @@ def _schema(engine_of: Any, pg: PostgresSettings, name: str) -> sa.Engine:
 
 def _drop(engine: sa.Engine, name: str) -> None:
     with engine.begin() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+        conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {sql.Identifier(name).as_string()} CASCADE"))
     engine.dispose()
 
 
@@ -306,7 +307,8 @@ def bench_worker(
             _drop(engine, name)
         if projection != "noop":
             with engine.begin() as conn:
-                conn.execute(sa.text(f'DROP ROLE IF EXISTS "{versions.Layout(schema).reader_role}"'))
+                role = sql.Identifier(versions.Layout(schema).reader_role).as_string()
+                conn.execute(sa.text(f"DROP ROLE IF EXISTS {role}"))
         for fut in admin.delete_topics(names).values():
             try:
                 fut.result(30)

@@ -39,6 +39,7 @@ from typing import Any
 import sqlalchemy as sa
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from psycopg import sql
 
 from esflow.domain.messages import EventEnvelope
 from esflow.messaging.codec import Codec
@@ -240,7 +241,7 @@ def bench_replay(
         return Figure(f"replay {projection}", events, finished - started, detail)
     finally:
         with engine.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {sql.Identifier(schema).as_string()} CASCADE"))
         engine.dispose()
 
 

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from psycopg import sql
 
 from esflow.errors import MigrationError, translated
 
@@ -168,7 +169,7 @@ def migrate(
         raise MigrationError(f"no migration {goal}: the newest this esflow knows is {newest}")
     applied: list[Migration] = []
     with translated(f"migrating schema {schema}"), engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {sql.Identifier(schema).as_string()}"))
         conn.commit()
         for migration in migrations:
             if migration.version > goal:
@@ -203,7 +204,7 @@ def create_schema(
     ``indexes=False`` leaves out the secondary indexes, for a bulk load that adds them afterwards with
     :func:`create_indexes`. Runs on the caller's transaction.
     """
-    conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+    conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {sql.Identifier(schema).as_string()}"))
     with _search_path(conn, schema):
         for statement in BOOKKEEPING:
             conn.execute(sa.text(statement))
@@ -232,7 +233,7 @@ def _search_path(conn: sa.Connection, schema: str) -> Iterator[None]:
     # transaction at the target schema for its duration only, so the caller's statements around it
     # still resolve against the caller's own search path.
     before = conn.execute(sa.text("SELECT current_setting('search_path')")).scalar_one()
-    conn.execute(sa.text(f'SET LOCAL search_path TO "{schema}"'))
+    conn.execute(sa.text(f"SET LOCAL search_path TO {sql.Identifier(schema).as_string()}"))
     try:
         yield
     finally:

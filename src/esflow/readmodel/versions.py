@@ -30,6 +30,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from psycopg import sql
 
 from esflow.errors import EsflowError, translated
 from esflow.readmodel.contract import PROJECTION_STATUS, View
@@ -90,7 +91,7 @@ class Layout:
     @property
     def registry(self) -> str:
         """The qualified registry table."""
-        return f'"{self.base}".projection_versions'
+        return _q(self.base, "projection_versions")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +111,18 @@ class Version:
     error: str | None
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+def _q(*names: str) -> str:
+    """A quoted (qualified) identifier, by psycopg.sql: names go into the f-strings below only so."""
+    return sql.Identifier(*names).as_string()
+
+
+def _ddl(conn: sa.Connection, statement: sql.Composable) -> None:
+    """Run a statement composed with psycopg.sql on the caller's transaction.
+
+    DDL with literals (passwords, comments) takes no bind parameters; composed with :class:`sql.Literal`
+    and run on the driver connection, a colon in the text is not taken for a SQLAlchemy bind parameter.
+    """
+    conn.connection.driver_connection.execute(statement)  # type: ignore[union-attr]
 
 
 def _version(row: Any) -> Version:
@@ -184,11 +195,15 @@ def install(engine: sa.Engine, layout: Layout, projections: Sequence[Projection[
                 conn.execute(sa.text(f"CREATE ROLE {_q(layout.reader_role)} NOLOGIN"))
                 done.append(f"role {layout.reader_role}")
             conn.execute(sa.text(f"GRANT USAGE ON SCHEMA {_q(layout.bi)} TO {_q(layout.reader_role)}"))
-            conn.execute(
-                sa.text(
-                    f"COMMENT ON SCHEMA {_q(layout.bi)} IS 'esflow read models for BI tools: stable views "
-                    "over the live projection versions (docs/bi.md).'"
-                )
+            _ddl(
+                conn,
+                sql.SQL("COMMENT ON SCHEMA {} IS {}").format(
+                    sql.Identifier(layout.bi),
+                    sql.Literal(
+                        "esflow read models for BI tools: stable views over the live projection versions "
+                        "(docs/bi.md)."
+                    ),
+                ),
             )
         for p in projections:
             projection, code_version = p.name, p.version
@@ -232,7 +247,12 @@ def grant_bi(engine: sa.Engine, layout: Layout, role: str, *, password: str | No
                 raise VersionError(
                     f"role {role} does not exist", hint="pass --password to create it as a login role"
                 )
-            conn.execute(sa.text(f"CREATE ROLE {_q(role)} LOGIN PASSWORD '{_literal(password)}'"))
+            _ddl(
+                conn,
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(role), sql.Literal(password)
+                ),
+            )
             conn.execute(sa.text(f"ALTER ROLE {_q(role)} SET search_path TO {_q(layout.bi)}"))
             done.append(f"created login role {role} (search_path {layout.bi})")
         elif password is not None:
@@ -251,16 +271,10 @@ def _set_password(conn: sa.Connection, role: str, password: str) -> str:
     if me or superuser:
         what = "the role esflow connects as" if me else "a superuser"
         return f"did not set the password of {role}: it is {what}"
-    conn.execute(sa.text(f"ALTER ROLE {_q(role)} PASSWORD '{_literal(password)}'"))
+    _ddl(conn, sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
     if not can_login:
         return f"set the password of existing role {role} (it is NOLOGIN: it cannot log in with it)"
     return f"set the password of existing role {role}"
-
-
-def _literal(text: str) -> str:
-    # DDL (CREATE ROLE, COMMENT ON) takes no bind parameters: quote for SQL, and escape colons so
-    # sa.text() does not read ":word" as a parameter.
-    return text.replace("'", "''").replace(":", "\\:")
 
 
 # ------------------------------------------------------------------------------------------ views
@@ -296,11 +310,12 @@ def _point_status_view(conn: sa.Connection, layout: Layout) -> None:
 
 
 def _comment(conn: sa.Connection, layout: Layout, view: View) -> None:
-    name = f"{_q(layout.bi)}.{_q(view.name)}"
     text = f"{view.comment}\nGrain: {view.grain}\nFreshness: {view.freshness}"
-    conn.execute(sa.text(f"COMMENT ON VIEW {name} IS '{_literal(text)}'"))
+    name = sql.Identifier(layout.bi, view.name)
+    _ddl(conn, sql.SQL("COMMENT ON VIEW {} IS {}").format(name, sql.Literal(text)))
     for column in view.columns:
-        conn.execute(sa.text(f"COMMENT ON COLUMN {name}.{_q(column.name)} IS '{_literal(column.comment)}'"))
+        target = sql.Identifier(layout.bi, view.name, column.name)
+        _ddl(conn, sql.SQL("COMMENT ON COLUMN {} IS {}").format(target, sql.Literal(column.comment)))
 
 
 def _column_types(conn: sa.Connection, schema: str, relation: str) -> dict[str, str]:
