@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from esflow.domain import reasons
 from esflow.domain.messages import Command, CommandEnvelope
 from producers.commands import command_spec, envelope
 
@@ -254,7 +255,8 @@ class Workload:
         if kind == "overdraft":
             a = r.choice(self.accounts)
             too_much = a.balance + Decimal(r.randint(1, 1000))
-            return self._plan(_cmd("WithdrawFunds", amount=_money(too_much)), a.id, "insufficient_funds")
+            withdraw = _cmd("WithdrawFunds", amount=_money(too_much))
+            return self._plan(withdraw, a.id, reasons.INSUFFICIENT_FUNDS)
         if kind == "over_refund" and self.paid_orders:
             o = r.choice(self.paid_orders)
             excess = o.paid - o.refunded + Decimal(r.randint(1, 100))
@@ -264,7 +266,8 @@ class Workload:
         placed = [o for o in self.open_orders if o.status == "placed"]
         if kind == "ship_unpaid" and placed:
             o = r.choice(placed)
-            return self._plan(_cmd("ShipOrder", carrier="DHL", tracking_number="X"), o.id, "invalid_state")
+            ship = _cmd("ShipOrder", carrier="DHL", tracking_number="X")
+            return self._plan(ship, o.id, reasons.INVALID_STATE)
         confirmed = [o for o in self.open_orders if o.status == "confirmed"]
         if kind == "wrong_amount" and confirmed:
             o = r.choice(confirmed)

@@ -13,12 +13,13 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from esflow.domain.messages import AGGREGATE_TYPES
 from esflow.messaging.expansion import expand
 from esflow.messaging.schemas import SchemaVersion
 
 _NAMESPACE = uuid.UUID("6f1c5d0e-4a7b-4c59-9d0e-2b8f9a1e7c33")
 _EPOCH = datetime(2024, 5, 17, 9, 30, 0, tzinfo=UTC)
-_AGGREGATES = {"product", "order", "account"}
+_AGGREGATES = set(AGGREGATE_TYPES)
 
 
 def _seed(path: str) -> int:
