@@ -16,7 +16,7 @@ def test_the_default_layout_uses_the_documented_names() -> None:
         "esflow_bi_reader",
         "rm_orders_v3",
     )
-    assert layout.registry == '"public".projection_versions'
+    assert layout.registry == '"public"."projection_versions"'
 
 
 def test_another_base_prefixes_every_derived_name() -> None:
