@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,6 +38,10 @@ class StackSettings(BaseSettings):
     start_timeout_s: float = Field(120.0, gt=0, description="How long `stack up` waits for each server.")
 
 
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
 class KafkaSettings(BaseSettings):
     """The Kafka broker: where clients find it and how the local one is run."""
 
@@ -61,6 +65,52 @@ class KafkaSettings(BaseSettings):
     )
     heap_opts: str = Field("-Xms256m -Xmx1g", description="JVM heap flags for the local broker.")
     log4j_version: str = Field("2.25.4", description="log4j-slf4j-impl version (broker logging).")
+    # A real cluster's security, passed to both client libraries (librdkafka and aiokafka/Faust).
+    security_protocol: SecurityProtocol = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    sasl_mechanism: SaslMechanism = Field("PLAIN", description="SASL mechanism when the protocol uses SASL.")
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password.")
+    ssl_ca_location: Path | None = Field(
+        None, description="CA bundle (PEM) that signed the brokers' certificates."
+    )
+    ssl_certificate_location: Path | None = Field(
+        None, description="Client certificate (PEM) for mutual TLS."
+    )
+    ssl_key_location: Path | None = Field(None, description="Client private key (PEM) for mutual TLS.")
+    ssl_key_password: SecretStr | None = Field(None, description="Password of the client private key.")
+
+    @property
+    def uses_sasl(self) -> bool:
+        """True when the protocol authenticates with SASL."""
+        return self.security_protocol.startswith("SASL")
+
+    @property
+    def uses_tls(self) -> bool:
+        """True when connections are encrypted with TLS."""
+        return self.security_protocol.endswith("SSL")
+
+    def librdkafka_security(self) -> dict[str, str]:
+        """The security settings as librdkafka (confluent-kafka) configuration keys."""
+        conf: dict[str, str] = {"security.protocol": self.security_protocol.lower()}
+        if self.uses_sasl:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+            if self.sasl_username is not None:
+                conf["sasl.username"] = self.sasl_username
+            if self.sasl_password is not None:
+                conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.uses_tls:
+            for key, path in (
+                ("ssl.ca.location", self.ssl_ca_location),
+                ("ssl.certificate.location", self.ssl_certificate_location),
+                ("ssl.key.location", self.ssl_key_location),
+            ):
+                if path is not None:
+                    conf[key] = str(path)
+            if self.ssl_key_password is not None:
+                conf["ssl.key.password"] = self.ssl_key_password.get_secret_value()
+        return conf
 
     def node_port(self, node_id: int) -> int:
         """Client port of local node ``node_id`` (1-based)."""

@@ -66,7 +66,12 @@ def test_three_node_cluster_replicates_the_catalogue(cluster_env: dict[str, str]
     assert text.returncode == 0, text.stdout + text.stderr
     assert [ln.split()[0] for ln in text.stdout.splitlines()[:3]] == ["kafka-1", "kafka-2", "kafka-3"]
     again = _run(cluster_env, "stack", "up", "--json")
-    assert again.returncode == 0 and json.loads(again.stdout)["kafka_nodes"] == nodes
+    assert again.returncode == 0, again.stderr
+
+    def identity(found: list[dict[str, int]]) -> list[tuple[int, int, int]]:
+        return [(n["node_id"], n["pid"], n["port"]) for n in found]
+
+    assert identity(json.loads(again.stdout)["kafka_nodes"]) == identity(nodes)
     other = _run(cluster_env, "stack", "up", "--brokers", "1")
     assert other.returncode != 0 and "3-node" in other.stderr and "reset" in other.stderr
 
