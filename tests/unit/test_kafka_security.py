@@ -56,4 +56,4 @@ def test_faust_gets_the_same_sasl_and_tls() -> None:
 
 def test_unknown_protocol_is_refused() -> None:
     with pytest.raises(ValueError):
-        KafkaSettings(security_protocol="TLS")  # type: ignore[arg-type]
+        KafkaSettings(security_protocol="TLS")
