@@ -44,6 +44,8 @@ base() {
   debootstrap --variant=minbase bookworm "$root" "$MIRROR" >"$root.log" 2>&1 ||
     { tail -20 "$root.log" >&2; exit 1; }
   rm -f "$root.log"
+  # mktemp -d made the directory 0700: as the image's "/" it would lock every non-root user out.
+  chmod 755 "$root"
   # apt inside later builds must not keep downloaded packages in the layers.
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
   tar -C "$root" -c . | docker import - "$BASE" >/dev/null

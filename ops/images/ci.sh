@@ -37,10 +37,11 @@ no_containers_left() {
     return 1
   fi
 }
-# The whole integration tier: it is what the testcontainers fixtures serve (unit tests need no
-# server, e2e tests run whole pipelines of host processes and were run on the local stack already).
+# The integration tier: what the testcontainers fixtures serve (unit tests need no
+# server, e2e tests run whole pipelines of host processes and ran on the local stack already), but
+# the stack CLI tests, which start local stacks of their own instead of using the fixtures.
 stage testcontainers env ESFLOW_TEST_STACK=testcontainers .venv/bin/python -m pytest -q -p no:cacheprovider \
-  tests/integration
+  tests/integration --ignore=tests/integration/test_stack_cli.py --ignore=tests/integration/test_stack_cluster.py
 stage no-leftovers no_containers_left
 stage compose .venv/bin/python -m ops.images.compose_check
 stage no-leftovers no_containers_left
