@@ -43,7 +43,7 @@ from tests.e2e.processor.harness import (
 )
 from tests.integration.processor.kit import Env, processor_env
 
-COMMANDS = int(os.environ.get("ESFLOW_CHAOS_COMMANDS", "15000"))
+COMMANDS = int(os.environ.get("ESFLOW_CHAOS_COMMANDS", "10000"))
 RATE = float(os.environ.get("ESFLOW_CHAOS_RATE", "250"))
 
 
