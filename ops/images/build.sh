@@ -31,7 +31,8 @@ timed() {
 build() {  # build <tag> <context> [docker build args...]
   local tag=$1 ctx=$2
   shift 2
-  docker build -q --network host -t "$tag" "$@" "$ctx" >/dev/null
+  # --force-rm: a failed step's container must not outlive the build.
+  docker build -q --force-rm --network host -t "$tag" "$@" "$ctx" >/dev/null
 }
 
 base() {
@@ -67,13 +68,23 @@ PY
 )"
   cp -r "$HERE/kafka/." "$ctx/"
   cp -r "$libs" "$ctx/opt/libs"
+  # The cache's directories are private (mkdtemp); in the image the broker runs as appuser.
+  chmod -R a+rX "$ctx"
   build "$PREFIX/kafka:$KAFKA_VERSION" "$ctx" --build-arg "BASE=$BASE"
 }
 
 postgres() { build "$PREFIX/postgres:15" "$HERE/postgres" --build-arg "BASE=$BASE"; }
 
 esflow() {
-  build "$PREFIX/python:3.11" "$HERE/python" --build-arg "BASE=$BASE"
+  local ctx
+  ctx="$(mktemp -d /var/tmp/esflow-python-ctx.XXXXXX)"
+  SCRATCH+=("$ctx")
+  cp -r "$HERE/python/." "$ctx/"
+  chmod -R a+rX "$ctx"
+  mkdir -p "$ctx/ca"
+  # The host's extra CAs (a TLS-inspecting proxy's, a company's): pip inside the build needs them.
+  find /usr/local/share/ca-certificates -maxdepth 1 -name '*.crt' -exec cp {} "$ctx/ca/" \; 2>/dev/null || true
+  build "$PREFIX/python:3.11" "$ctx" --build-arg "BASE=$BASE"
   build "$PREFIX/esflow:dev" . --build-arg "PYTHON_BASE=$PREFIX/python:3.11"
 }
 
