@@ -78,6 +78,11 @@ stop() {
       sleep 0.5
     done
   fi
+  # dockerd leaves its network namespace handle mounted under the exec root; release it so the
+  # directory can go (and a later start begins clean).
+  awk -v run="$RUN" 'index($2, run) == 1 { print $2 }' /proc/mounts | sort -r | while read -r mnt; do
+    umount "$mnt" 2>/dev/null || umount -l "$mnt"
+  done
   rm -rf "$RUN"
   if [ "${1:-}" = "--purge" ]; then
     # vfs layers are full copies of each image's tree: gigabytes, worth removing after CI.
