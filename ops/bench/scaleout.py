@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from confluent_kafka import Consumer, ConsumerGroupState, Producer, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupState, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from esflow.messaging.kafka import admin_client, consumer_config, producer_config
@@ -109,7 +109,11 @@ def wait_stable(admin: AdminClient, group: str, members: int, timeout_s: float =
     t0 = time.monotonic()
 
     def stable() -> bool:
-        desc = admin.describe_consumer_groups([group])[group].result()
+        try:
+            desc = admin.describe_consumer_groups([group], request_timeout=5)[group].result()
+        except KafkaException:
+            # The coordinator is still loading (a new cluster creates __consumer_offsets first).
+            return False
         return (
             desc.state == ConsumerGroupState.STABLE
             and len(desc.members) == members
