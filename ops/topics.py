@@ -24,6 +24,7 @@ def apply_cmd(dry_run: bool) -> None:
         admin_client(settings.kafka),
         specs,
         replication_factor=settings.topics.replication_factor,
+        min_insync_replicas=settings.topics.min_insync_replicas,
         dry_run=dry_run,
     )
     for line in result.lines():

@@ -20,6 +20,7 @@ from typing import Any
 
 import faust.types
 
+from esflow.messaging.kafka import faust_credentials
 from esflow.messaging.topics import event_topic
 from esflow.readmodel.applier import BatchApplier, Stopping
 from esflow.readmodel.projection import TP, Decoder, Projection, RawEvent
@@ -75,6 +76,7 @@ def build(
     app = ProjectionApp(
         app_id,
         broker=brokers,
+        broker_credentials=faust_credentials(kafka),
         # At-least-once on purpose: Faust's exactly_once has open bugs, and the Postgres checkpoint
         # gives exactly-once in effect; read_committed comes from the transport instead.
         processing_guarantee="at_least_once",

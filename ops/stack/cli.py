@@ -20,7 +20,13 @@ def _print_status(status: StackStatus) -> None:
         mem = f", rss {rss / 1024:.0f} MiB" if rss else ""
         return f"{name:<9} {state} (pid {pid}{mem})"
 
-    click.echo(line("kafka", status.kafka.pid, status.kafka.answers, status.kafka.rss_kib))
+    if len(status.kafka_nodes) <= 1:
+        click.echo(line("kafka", status.kafka.pid, status.kafka.answers, status.kafka.rss_kib))
+    else:
+        for node in status.kafka_nodes:
+            name = f"kafka-{node.node_id}"
+            ports = f" ports {node.port}/{node.controller_port}"
+            click.echo(line(name, node.pid, node.answers, node.rss_kib) + ports)
     click.echo(line("postgres", status.postgres.pid, status.postgres.answers, status.postgres.rss_kib))
     click.echo(f"ESFLOW_KAFKA_BOOTSTRAP={status.kafka_bootstrap}")
     click.echo(f"ESFLOW_DATABASE_URL={status.database_url}")
@@ -34,9 +40,16 @@ def stack() -> None:
 
 @stack.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def up(as_json: bool) -> None:
+@click.option(
+    "--brokers",
+    type=click.IntRange(1, 9),
+    default=None,
+    help="Kafka nodes (KRaft combined mode, consecutive ports); default: the existing cluster's size, "
+    "else ESFLOW_KAFKA_BROKERS (1). Three nodes replicate topics 3 times with min.insync.replicas=2.",
+)
+def up(as_json: bool, brokers: int | None) -> None:
     """Start Kafka and PostgreSQL (idempotent) and print the connection strings."""
-    stack = Stack()
+    stack = Stack(brokers=brokers)
     if not as_json and not stack.kafka.jars.present():
         click.echo("first run: resolving the Kafka jars from Maven Central…", err=True)
     status = stack.up()
@@ -68,12 +81,15 @@ def status(as_json: bool) -> None:
 
 
 @stack.command()
-@click.argument("server", type=click.Choice(["kafka", "kafka-stdout", "postgres"]), default="kafka")
+@click.argument("server", default="kafka")
 @click.option("-n", "--lines", default=50, show_default=True, help="How many lines to show.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 def logs(server: str, lines: int, follow: bool) -> None:
-    """Show a server's log."""
-    path = Stack().log_files()[server]
+    """Show a server's log: kafka (node 1), kafka-<n> (node n), kafka-stdout or postgres."""
+    files = Stack().log_files()
+    if server not in files:
+        raise click.BadParameter(f"choose one of {', '.join(files)}", param_hint="SERVER")
+    path = files[server]
     if not path.exists():
         raise click.ClickException(f"no log yet at {path} (has the stack been started?)")
     click.echo(proc.tail(path, lines))

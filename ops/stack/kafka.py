@@ -1,11 +1,17 @@
-"""The local Apache Kafka broker: KRaft combined mode, one node, jars resolved from Maven Central."""
+"""The local Apache Kafka cluster: KRaft combined-mode nodes on loopback ports, jars from Maven Central.
+
+One node by default; ``brokers`` > 1 runs that many nodes, each broker and controller, with a static
+voter set and the replication of the internal topics chosen from the cluster size (see ``replication``).
+"""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -25,6 +31,21 @@ _MAIN_CLASS = "kafka.Kafka"
 def random_cluster_id() -> str:
     """A KRaft cluster id: a random UUID as 22 characters of URL-safe base64, like `random-uuid`."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def replication(brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) for a cluster of ``brokers`` nodes.
+
+    Three copies where there are three nodes; with three, two must acknowledge, so one node may die
+    without stopping writes and an acknowledged write survives the loss of any one node.
+    """
+    factor = min(3, brokers)
+    return factor, 2 if factor >= 3 else 1
+
+
+def node_dir_name(node_id: int) -> str:
+    """Directory of a node inside the stack directory (node 1 keeps the single-node layout)."""
+    return "kafka" if node_id == 1 else f"kafka-{node_id}"
 
 
 @dataclass(frozen=True)
@@ -67,6 +88,18 @@ class KafkaPaths:
     def formatted_marker(self) -> Path:
         """Written only after `StorageTool format` succeeded."""
         return self.root / "formatted.ok"
+
+
+def container_env(properties: dict[str, str]) -> dict[str, str]:
+    """Broker properties as the KAFKA_* variables of the apache/kafka image (and esflow-local/kafka).
+
+    The image maps a variable back by dropping KAFKA_, lower-casing, and reading ``___`` as ``-``,
+    ``__`` as ``_`` and ``_`` as ``.``; this is the inverse.
+    """
+    return {
+        "KAFKA_" + key.replace("_", "__").replace("-", "___").replace(".", "_").upper(): value
+        for key, value in properties.items()
+    }
 
 
 class KafkaJars:
@@ -136,18 +169,29 @@ class KafkaJars:
 
 
 class KafkaServer:
-    """Format, start, probe and stop the local single-node KRaft broker."""
+    """Format, start, probe and stop one node of the local KRaft cluster (node 1 of 1 by default)."""
 
-    def __init__(self, kafka: KafkaSettings, stack: StackSettings) -> None:
+    def __init__(self, kafka: KafkaSettings, stack: StackSettings, node_id: int = 1) -> None:
         self.settings = kafka
         self.stack = stack
-        self.paths = KafkaPaths(stack.stack_dir / "kafka")
+        self.node_id = node_id
+        self.paths = KafkaPaths(stack.stack_dir / node_dir_name(node_id))
         self.jars = KafkaJars(kafka, stack)
 
     @property
+    def port(self) -> int:
+        """Client port of this node."""
+        return self.settings.node_port(self.node_id)
+
+    @property
+    def controller_port(self) -> int:
+        """KRaft controller port of this node."""
+        return self.settings.node_controller_port(self.node_id)
+
+    @property
     def bootstrap(self) -> str:
-        """host:port of the local broker."""
-        return f"{self.settings.host}:{self.settings.port}"
+        """host:port of this node."""
+        return f"{self.settings.host}:{self.port}"
 
     def pid(self) -> int | None:
         """Pid of the broker this stack started, if it is still alive."""
@@ -160,31 +204,39 @@ class KafkaServer:
             install_hint="install a JDK 17+, e.g. `apt-get install openjdk-17-jdk`",
         )
 
-    def write_config(self) -> None:
-        """Write server.properties and the log4j2 configuration from the settings."""
+    def properties(self) -> dict[str, str]:
+        """The node's server.properties, from the settings (also the containers' KAFKA_* variables)."""
         s = self.settings
-        self.paths.logs.mkdir(parents=True, exist_ok=True)
-        props = {
+        factor, min_isr = replication(s.brokers)
+        host, port, cport = s.host, self.port, self.controller_port
+        if s.brokers == 1:
+            # One node: a dynamic quorum bootstrapped from this standalone controller.
+            quorum = {"controller.quorum.bootstrap.servers": f"{host}:{cport}"}
+        else:
+            # A static voter set: every node knows all controllers from the first start.
+            voters = ",".join(f"{n}@{host}:{s.node_controller_port(n)}" for n in range(1, s.brokers + 1))
+            quorum = {"controller.quorum.voters": voters}
+        return {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.bootstrap.servers": f"{s.host}:{s.controller_port}",
-            "listeners": f"PLAINTEXT://{s.host}:{s.port},CONTROLLER://{s.host}:{s.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{s.host}:{s.port},CONTROLLER://{s.host}:{s.controller_port}",
+            "node.id": str(self.node_id),
+            **quorum,
+            "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{cport}",
+            "advertised.listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{cport}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             "log.dirs": str(self.paths.data),
             "num.partitions": "1",
-            "default.replication.factor": "1",
-            "min.insync.replicas": "1",
-            "offsets.topic.replication.factor": "1",
-            # Fewer internal partitions: a single-node dev/test broker starts and elects faster.
+            "default.replication.factor": str(factor),
+            "min.insync.replicas": str(min_isr),
+            "offsets.topic.replication.factor": str(factor),
+            # Fewer internal partitions: a small dev/test cluster starts and elects faster.
             "offsets.topic.num.partitions": "10",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.replication.factor": str(factor),
+            "transaction.state.log.min.isr": str(min_isr),
             "transaction.state.log.num.partitions": "10",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": str(factor),
+            "share.coordinator.state.topic.min.isr": str(min_isr),
             # A single consumer joining should not wait 3 s for company.
             "group.initial.rebalance.delay.ms": "0",
             # Topics come from the catalogue (`esflow topics apply`), never from a typo in a client.
@@ -195,6 +247,11 @@ class KafkaServer:
             "num.network.threads": "3",
             "num.io.threads": "4",
         }
+
+    def write_config(self) -> None:
+        """Write server.properties and the log4j2 configuration from the settings."""
+        self.paths.logs.mkdir(parents=True, exist_ok=True)
+        props = self.properties()
         self.paths.properties.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         self.paths.log4j.write_text(
             "\n".join(
@@ -235,17 +292,21 @@ class KafkaServer:
                 hint="run `esflow stack reset` to start from an empty stack",
             )
 
-    def format(self) -> None:
-        """Format the KRaft storage once; refuse a data directory left half-formatted."""
+    def format(self, cluster_id: str | None = None) -> None:
+        """Format the KRaft storage once; refuse a data directory left half-formatted.
+
+        Every node of a cluster must be formatted with the same ``cluster_id``.
+        """
         if self.is_formatted():
             return
         self.preflight()
-        cluster_id = random_cluster_id()
+        cluster_id = cluster_id or random_cluster_id()
+        standalone = ["--standalone"] if self.settings.brokers == 1 else []
         proc.run(
             [
                 self._java(), "-cp", self.jars.classpath,
                 f"-Dlog4j2.configurationFile={self.paths.log4j}", f"-Dkafka.logs.dir={self.paths.logs}",
-                "kafka.tools.StorageTool", "format", "--standalone",
+                "kafka.tools.StorageTool", "format", *standalone,
                 "-t", cluster_id, "-c", str(self.paths.properties),
             ],
             what="formatting the Kafka storage (StorageTool format)",
@@ -271,8 +332,8 @@ class KafkaServer:
         self.paths.pid_file.write_text(f"{child.pid}\n")
         return child.pid
 
-    def answers(self, timeout_s: float = 2.0) -> bool:
-        """True when the broker serves cluster metadata to an AdminClient."""
+    def brokers_seen(self, timeout_s: float = 2.0) -> int:
+        """How many brokers this node's cluster metadata lists (0 when it does not answer)."""
         # log_level 0: "connection refused" while the JVM boots is expected, not worth a log line.
         admin = AdminClient(
             {"bootstrap.servers": self.bootstrap, "socket.connection.setup.timeout.ms": 1000, "log_level": 0}
@@ -280,8 +341,12 @@ class KafkaServer:
         try:
             md = admin.list_topics(timeout=timeout_s)
         except Exception:
-            return False
-        return bool(md.brokers)
+            return 0
+        return len(md.brokers)
+
+    def answers(self, timeout_s: float = 2.0) -> bool:
+        """True when the broker serves cluster metadata to an AdminClient."""
+        return self.brokers_seen(timeout_s) > 0
 
     def wait_ready(self, pid: int, timeout_s: float) -> None:
         """Block until the broker answers; fail fast with the log's last line when the JVM dies."""
@@ -289,14 +354,14 @@ class KafkaServer:
         def ready() -> bool:
             if proc.process_cmdline(pid) is None:
                 raise StackError(
-                    f"the Kafka broker exited during start-up: {self.last_error()}",
+                    f"Kafka node {self.node_id} exited during start-up: {self.last_error()}",
                     hint=f"see {self.paths.logs}/server.log and {self.paths.stdout}",
                 )
             return self.answers()
 
         if not proc.wait_until(ready, timeout_s=timeout_s, interval_s=0.5):
             raise StackError(
-                f"the Kafka broker did not answer on {self.bootstrap} within {timeout_s:.0f}s",
+                f"Kafka node {self.node_id} did not answer on {self.bootstrap} within {timeout_s:.0f}s",
                 hint=f"see {self.paths.logs}/server.log",
             )
 
@@ -309,13 +374,20 @@ class KafkaServer:
                     return line.strip()[:300]
         return "no error in the logs"
 
+    def signal_stop(self) -> None:
+        """Send SIGTERM (controlled shutdown) without waiting; `stop` waits."""
+        pid = self.pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
     def stop(self, timeout_s: float = 60) -> bool:
         """SIGTERM the broker this stack started (controlled shutdown); True when one was running."""
         pid = self.pid()
         if pid is None:
             self.paths.pid_file.unlink(missing_ok=True)
             return False
-        proc.terminate(pid, timeout_s=timeout_s, name="Kafka broker")
+        proc.terminate(pid, timeout_s=timeout_s, name=f"Kafka node {self.node_id}")
         self.paths.pid_file.unlink(missing_ok=True)
         return True
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,6 +38,10 @@ class StackSettings(BaseSettings):
     start_timeout_s: float = Field(120.0, gt=0, description="How long `stack up` waits for each server.")
 
 
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
 class KafkaSettings(BaseSettings):
     """The Kafka broker: where clients find it and how the local one is run."""
 
@@ -45,18 +49,84 @@ class KafkaSettings(BaseSettings):
 
     version: str = Field("4.3.1", description="Apache Kafka version resolved from Maven Central.")
     host: str = Field("127.0.0.1", description="Interface the local broker listens on.")
-    port: int = Field(9092, ge=1, le=65535, description="Client (PLAINTEXT) port of the local broker.")
-    controller_port: int = Field(9093, ge=1, le=65535, description="KRaft controller port.")
+    port: int = Field(
+        9092, ge=1, le=65535, description="Client (PLAINTEXT) port of the local broker (node n: port+n-1)."
+    )
+    controller_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="KRaft controller port of node 1 (node n: +n-1); unset, the ports after the brokers' "
+        "(port + brokers), so a second stack on other ports never collides with the default one.",
+    )
+    brokers: int = Field(1, ge=1, le=9, description="Nodes of the local KRaft cluster (combined mode).")
     bootstrap: str | None = Field(
-        None, description="Bootstrap servers of an existing cluster; defaults to the local broker."
+        None, description="Bootstrap servers of an existing cluster; defaults to the local broker(s)."
     )
     heap_opts: str = Field("-Xms256m -Xmx1g", description="JVM heap flags for the local broker.")
     log4j_version: str = Field("2.25.4", description="log4j-slf4j-impl version (broker logging).")
+    # A real cluster's security, passed to both client libraries (librdkafka and aiokafka/Faust).
+    security_protocol: SecurityProtocol = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    sasl_mechanism: SaslMechanism = Field("PLAIN", description="SASL mechanism when the protocol uses SASL.")
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password.")
+    ssl_ca_location: Path | None = Field(
+        None, description="CA bundle (PEM) that signed the brokers' certificates."
+    )
+    ssl_certificate_location: Path | None = Field(
+        None, description="Client certificate (PEM) for mutual TLS."
+    )
+    ssl_key_location: Path | None = Field(None, description="Client private key (PEM) for mutual TLS.")
+    ssl_key_password: SecretStr | None = Field(None, description="Password of the client private key.")
+
+    @property
+    def uses_sasl(self) -> bool:
+        """True when the protocol authenticates with SASL."""
+        return self.security_protocol.startswith("SASL")
+
+    @property
+    def uses_tls(self) -> bool:
+        """True when connections are encrypted with TLS."""
+        return self.security_protocol.endswith("SSL")
+
+    def librdkafka_security(self) -> dict[str, str]:
+        """The security settings as librdkafka (confluent-kafka) configuration keys."""
+        conf: dict[str, str] = {"security.protocol": self.security_protocol.lower()}
+        if self.uses_sasl:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+            if self.sasl_username is not None:
+                conf["sasl.username"] = self.sasl_username
+            if self.sasl_password is not None:
+                conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.uses_tls:
+            for key, path in (
+                ("ssl.ca.location", self.ssl_ca_location),
+                ("ssl.certificate.location", self.ssl_certificate_location),
+                ("ssl.key.location", self.ssl_key_location),
+            ):
+                if path is not None:
+                    conf[key] = str(path)
+            if self.ssl_key_password is not None:
+                conf["ssl.key.password"] = self.ssl_key_password.get_secret_value()
+        return conf
+
+    def node_port(self, node_id: int) -> int:
+        """Client port of local node ``node_id`` (1-based)."""
+        return self.port + node_id - 1
+
+    def node_controller_port(self, node_id: int) -> int:
+        """KRaft controller port of local node ``node_id`` (1-based)."""
+        first = self.controller_port if self.controller_port is not None else self.port + self.brokers
+        return first + node_id - 1
 
     @property
     def bootstrap_servers(self) -> str:
-        """The bootstrap list clients use: the configured one, else the local broker."""
-        return self.bootstrap or f"{self.host}:{self.port}"
+        """The bootstrap list clients use: the configured one, else every local broker."""
+        if self.bootstrap:
+            return self.bootstrap
+        return ",".join(f"{self.host}:{self.node_port(n)}" for n in range(1, self.brokers + 1))
 
 
 class PostgresSettings(BaseSettings):
@@ -100,7 +170,15 @@ class TopicSettings(BaseSettings):
 
     prefix: str = Field("", description="Prepended to every topic name (isolates tests and tenants).")
     partitions: int = Field(6, ge=1, description="Partitions of the co-partitioned command/event topics.")
-    replication_factor: int = Field(1, ge=1, description="Replication factor of new topics.")
+    replication_factor: int | None = Field(
+        None, ge=1, description="Replication factor of new topics; unset, min(3, brokers in the cluster)."
+    )
+    min_insync_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="min.insync.replicas of the event, result and snapshot topics; unset, 2 when "
+        "replicated 3 or more times, else 1.",
+    )
 
 
 class ProcessorSettings(BaseSettings):
@@ -239,6 +317,20 @@ class ProjectionSettings(BaseSettings):
     )
 
 
+class ImageSettings(BaseSettings):
+    """Container images of the servers and of esflow (docker-compose.yml and the testcontainers fixtures).
+
+    The defaults are the official images; ``ops/images/build.sh`` builds offline equivalents tagged
+    ``esflow-local/...`` that take the same environment variables.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ESFLOW_IMAGE_", extra="ignore")
+
+    kafka: str = Field("apache/kafka:4.3.1", description="Kafka image configured by KAFKA_* variables.")
+    postgres: str = Field("postgres:15", description="PostgreSQL image configured by POSTGRES_* variables.")
+    esflow: str = Field("esflow:dev", description="The esflow image (built from the Dockerfile).")
+
+
 class Settings(BaseSettings):
     """All settings, grouped by concern."""
 
@@ -251,6 +343,7 @@ class Settings(BaseSettings):
     processor: ProcessorSettings = Field(default_factory=ProcessorSettings)
     schemas: SchemaSettings = Field(default_factory=SchemaSettings)
     projections: ProjectionSettings = Field(default_factory=ProjectionSettings)
+    images: ImageSettings = Field(default_factory=ImageSettings)
 
 
 def load_settings() -> Settings:

@@ -1,4 +1,4 @@
-"""docker-compose.yml cannot run here (no Docker engine): check that it parses and agrees with settings."""
+"""docker-compose.yml agrees with the settings (CI also runs it: ops/images/compose_check.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from esflow.cli import cli
-from esflow.settings import KafkaSettings, PostgresSettings
+from esflow.settings import ImageSettings, KafkaSettings, PostgresSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 _VAR = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?::-(?P<default>[^}]*))?\}")
@@ -28,13 +28,20 @@ def _interpolate(value: Any, env: dict[str, str]) -> Any:
 
 
 Compose = tuple[dict[str, Any], dict[str, str]]
-MOVED = {"ESFLOW_KAFKA_PORT": "19092", "ESFLOW_PG_PORT": "15432"}
+MOVED = {
+    "ESFLOW_KAFKA_PORT": "19092",
+    "ESFLOW_KAFKA_CONTROLLER_PORT": "19093",
+    "ESFLOW_PG_PORT": "15432",
+    "ESFLOW_IMAGE_KAFKA": "esflow-local/kafka:4.3.1",
+    "ESFLOW_IMAGE_POSTGRES": "esflow-local/postgres:15",
+    "ESFLOW_IMAGE_ESFLOW": "esflow-local/esflow:dev",
+}
 
 
 @pytest.fixture(params=[{}, MOVED], ids=["defaults", "moved"])
 def compose(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Compose:
     env: dict[str, str] = request.param
-    for var in ("ESFLOW_KAFKA_PORT", "ESFLOW_PG_PORT", "ESFLOW_KAFKA_BOOTSTRAP", "ESFLOW_DATABASE_URL"):
+    for var in ("ESFLOW_KAFKA_BOOTSTRAP", "ESFLOW_DATABASE_URL", *MOVED):
         monkeypatch.delenv(var, raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -45,10 +52,13 @@ def test_kafka_matches_the_local_stack(compose: Compose) -> None:
     doc, _ = compose
     kafka = KafkaSettings()
     svc = doc["services"]["kafka"]
-    assert svc["image"] == f"apache/kafka:{kafka.version}"
-    assert svc["ports"] == [f"{kafka.port}:{kafka.port}"]
+    assert svc["image"] == ImageSettings().kafka
+    # Host networking: the broker listens where the local stack's would, nothing is published.
+    assert svc["network_mode"] == "host" and "ports" not in svc
     env = svc["environment"]
-    assert f"HOST://{kafka.bootstrap_servers}" in env["KAFKA_ADVERTISED_LISTENERS"]
+    assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{kafka.bootstrap_servers}"
+    assert f"CONTROLLER://{kafka.host}:{kafka.node_controller_port(1)}" in env["KAFKA_LISTENERS"]
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"1@{kafka.host}:{kafka.node_controller_port(1)}"
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
     assert env["KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS"] == 0
@@ -64,14 +74,17 @@ def test_kafka_matches_the_local_stack(compose: Compose) -> None:
     advertised = {part.split("://")[0] for part in env["KAFKA_ADVERTISED_LISTENERS"].split(",")}
     assert names <= mapped
     assert advertised == names - {env["KAFKA_CONTROLLER_LISTENER_NAMES"]}
+    assert f"127.0.0.1:{kafka.port}" in svc["healthcheck"]["test"][1]
 
 
 def test_postgres_matches_the_settings(compose: Compose) -> None:
     doc, _ = compose
     pg = PostgresSettings()
     svc = doc["services"]["postgres"]
-    assert svc["image"] == "postgres:15"
-    assert svc["ports"] == [f"{pg.port}:5432"]
+    assert svc["image"] == ImageSettings().postgres
+    assert svc["network_mode"] == "host" and "ports" not in svc
+    assert f"port={pg.port}" in svc["command"]
+    assert f"listen_addresses={pg.host}" in svc["command"]
     env = svc["environment"]
     assert (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"], env["POSTGRES_DB"]) == (
         pg.user,
@@ -87,8 +100,12 @@ def test_esflow_services_are_behind_a_profile_and_use_real_commands(
     esflow_services = {name: svc for name, svc in doc["services"].items() if name.startswith("esflow-")}
     assert esflow_services
     known = set(cli.list_commands(None))  # type: ignore[arg-type]
+    kafka, pg = KafkaSettings(), PostgresSettings()
     for name, svc in esflow_services.items():
         assert svc["profiles"] == ["pipeline"], name
+        assert svc["image"] == ImageSettings().esflow, name
+        assert svc["network_mode"] == "host", name
         assert svc["command"][0] == "esflow" and svc["command"][1] in known, name
-        assert svc["environment"]["ESFLOW_KAFKA_BOOTSTRAP"] == "kafka:19092"
+        assert svc["environment"]["ESFLOW_KAFKA_BOOTSTRAP"] == kafka.bootstrap_servers
+        assert svc["environment"]["ESFLOW_DATABASE_URL"] == pg.database_url
         assert set(svc["depends_on"]) == {"kafka", "postgres"}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from esflow.settings import KafkaSettings, StackSettings
 from ops.stack import proc
-from ops.stack.kafka import KafkaServer, random_cluster_id
+from ops.stack.kafka import KafkaServer, container_env, random_cluster_id, replication
 
 
 def test_cluster_id_is_22_chars_of_urlsafe_base64_uuid() -> None:
@@ -68,3 +68,58 @@ def test_server_properties_follow_the_settings(tmp_path: Path) -> None:
     assert props["offsets.topic.replication.factor"] == "1"
     assert props["transaction.state.log.replication.factor"] == "1"
     assert props["log.dirs"] == str(tmp_path / "kafka" / "data")
+
+
+def _props(server: KafkaServer) -> dict[str, str]:
+    server.write_config()
+    lines = server.paths.properties.read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line)
+
+
+def test_controller_port_follows_the_broker_port_unless_set() -> None:
+    # Two stacks on one machine: the second one's controller must not take the default stack's 9093.
+    assert KafkaSettings(port=19092).node_controller_port(1) == 19093
+    assert KafkaSettings(port=19092, brokers=3).node_controller_port(1) == 19095
+    assert KafkaSettings(port=19092, controller_port=29999).node_controller_port(1) == 29999
+    assert KafkaSettings(brokers=3).bootstrap_servers == "127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094"
+
+
+def test_three_nodes_have_their_own_ports_dirs_and_one_voter_set(tmp_path: Path) -> None:
+    settings = KafkaSettings(port=29092, brokers=3)
+    nodes = [KafkaServer(settings, StackSettings(stack_dir=tmp_path), n) for n in (1, 2, 3)]
+    props = [_props(node) for node in nodes]
+    ports = {(node.port, node.controller_port) for node in nodes}
+    assert ports == {(29092, 29095), (29093, 29096), (29094, 29097)}
+    assert len({p["log.dirs"] for p in props}) == 3
+    assert [p["node.id"] for p in props] == ["1", "2", "3"]
+    voters = "1@127.0.0.1:29095,2@127.0.0.1:29096,3@127.0.0.1:29097"
+    for p in props:
+        assert p["controller.quorum.voters"] == voters
+        assert "controller.quorum.bootstrap.servers" not in p
+        # Three copies of every internal topic, two of which must acknowledge.
+        assert p["offsets.topic.replication.factor"] == "3"
+        assert p["transaction.state.log.replication.factor"] == "3"
+        assert p["transaction.state.log.min.isr"] == "2"
+        assert p["min.insync.replicas"] == "2"
+        assert p["default.replication.factor"] == "3"
+
+
+def test_replication_follows_the_cluster_size() -> None:
+    assert replication(1) == (1, 1)
+    assert replication(2) == (2, 1)
+    assert replication(3) == (3, 2)
+    assert replication(5) == (3, 2)
+
+
+def test_container_env_is_the_inverse_of_the_images_mapping() -> None:
+    env = container_env({"log.dirs": "/d", "listener.security.protocol.map": "A:B", "x_y.z-w": "1"})
+    assert env == {
+        "KAFKA_LOG_DIRS": "/d",
+        "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": "A:B",
+        "KAFKA_X__Y_Z___W": "1",
+    }
+    # The mapping the image's entry point applies (ops/images/kafka/opt/bin/run), in Python.
+    for name, value in env.items():
+        key = name.removeprefix("KAFKA_").lower()
+        key = key.replace("___", "-").replace("__", "@").replace("_", ".").replace("@", "_")
+        assert key in {"log.dirs", "listener.security.protocol.map", "x_y.z-w"}, (name, value)

@@ -1,6 +1,17 @@
 from __future__ import annotations
 
-from esflow.messaging.topics import AGGREGATES, INFINITE, TopicPlan, TopicSpec, catalogue
+import pytest
+
+from esflow.errors import TopicError
+from esflow.messaging.topics import (
+    AGGREGATES,
+    INFINITE,
+    TopicPlan,
+    TopicSpec,
+    catalogue,
+    replication_for,
+    with_min_insync,
+)
 from esflow.settings import TopicSettings
 
 
@@ -37,3 +48,19 @@ def test_plan_lines_describe_changes() -> None:
         "alter  b (retention.ms: 1 -> 2)",
         "ok     c",
     ]
+
+
+def test_durable_topics_get_min_insync_replicas_from_the_cluster_size() -> None:
+    assert replication_for(1) == (1, 1)
+    assert replication_for(3) == (3, 2)
+    assert replication_for(6) == (3, 2)
+    assert replication_for(3, TopicSettings(replication_factor=2)) == (2, 1)
+    with pytest.raises(TopicError):
+        replication_for(3, TopicSettings(replication_factor=2, min_insync_replicas=3))
+    specs = {s.name: s for s in with_min_insync(catalogue(), 2)}
+    durable = {n for n, s in specs.items() if s.config().get("min.insync.replicas") == "2"}
+    assert durable == {
+        *(f"events.{a}" for a in AGGREGATES),
+        *(f"snapshots.{a}" for a in AGGREGATES),
+        "command-results",
+    }

@@ -24,8 +24,40 @@ PARTITIONER = "murmur2_random"
 
 
 def common_config(kafka: KafkaSettings) -> dict[str, Any]:
-    """Settings every esflow client shares."""
-    return {"bootstrap.servers": kafka.bootstrap_servers, "client.id": "esflow"}
+    """Settings every esflow client shares, security (TLS/SASL) included."""
+    return {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "client.id": "esflow",
+        **kafka.librdkafka_security(),
+    }
+
+
+def faust_credentials(kafka: KafkaSettings) -> Any:
+    """The same TLS/SASL settings as Faust ``broker_credentials`` (None for PLAINTEXT)."""
+    if kafka.security_protocol == "PLAINTEXT":
+        return None
+    import ssl
+
+    import faust
+
+    context: ssl.SSLContext | None = None
+    if kafka.uses_tls:
+        context = ssl.create_default_context(
+            cafile=str(kafka.ssl_ca_location) if kafka.ssl_ca_location else None
+        )
+        if kafka.ssl_certificate_location is not None:
+            key_password = kafka.ssl_key_password.get_secret_value() if kafka.ssl_key_password else None
+            context.load_cert_chain(
+                str(kafka.ssl_certificate_location),
+                str(kafka.ssl_key_location) if kafka.ssl_key_location else None,
+                key_password,
+            )
+    if not kafka.uses_sasl:
+        return faust.SSLCredentials(context)
+    password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+    return faust.SASLCredentials(
+        username=kafka.sasl_username, password=password, ssl_context=context, mechanism=kafka.sasl_mechanism
+    )
 
 
 def producer_config(kafka: KafkaSettings, **overrides: Any) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import (
@@ -67,6 +67,8 @@ class TopicSpec:
     compacted: bool = False
     purpose: str = ""
     extra_config: Mapping[str, str] = field(default_factory=dict)
+    # Holds accepted facts (events, results, snapshots): `apply` sets its min.insync.replicas.
+    durable: bool = False
 
     def config(self) -> dict[str, str]:
         """The topic-level configs esflow manages for this topic."""
@@ -86,7 +88,11 @@ def catalogue(settings: TopicSettings | None = None) -> list[TopicSpec]:
     for agg in AGGREGATES:
         # Command and event topics of one aggregate are co-partitioned: same count, same key.
         specs.append(TopicSpec(command_topic(agg, s), n, 7 * DAY_MS, purpose=f"{agg} commands"))
-        specs.append(TopicSpec(event_topic(agg, s), n, INFINITE, purpose=f"{agg} events, the log of record"))
+        specs.append(
+            TopicSpec(
+                event_topic(agg, s), n, INFINITE, purpose=f"{agg} events, the log of record", durable=True
+            )
+        )
         specs.append(
             TopicSpec(
                 snapshot_topic(agg, s),
@@ -95,6 +101,7 @@ def catalogue(settings: TopicSettings | None = None) -> list[TopicSpec]:
                 compacted=True,
                 purpose=f"latest {agg} state per aggregate (processor restore)",
                 extra_config={"min.cleanable.dirty.ratio": "0.1", "segment.ms": str(DAY_MS)},
+                durable=True,
             )
         )
     specs.append(
@@ -105,10 +112,42 @@ def catalogue(settings: TopicSettings | None = None) -> list[TopicSpec]:
             compacted=True,
             purpose="answers (key aggregate type/id/command id) and dead-letter reports (key: position)",
             extra_config={"segment.ms": str(DAY_MS)},
+            durable=True,
         )
     )
     specs.append(TopicSpec(dead_letter_topic(s), 1, 30 * DAY_MS, purpose="undecodable or unknown commands"))
     return specs
+
+
+def replication_for(cluster_size: int, settings: TopicSettings | None = None) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas of durable topics) for a cluster of that many brokers.
+
+    Unset settings follow the cluster: three copies where three brokers exist, two of which must
+    acknowledge a write, so any one broker may fail without losing an acknowledged event or stopping
+    writes. Smaller clusters get one copy per broker and min.insync.replicas=1.
+    """
+    s = settings or TopicSettings()
+    factor = s.replication_factor or max(1, min(3, cluster_size))
+    min_isr = s.min_insync_replicas or (2 if factor >= 3 else 1)
+    if min_isr > factor:
+        raise TopicError(f"min.insync.replicas={min_isr} exceeds the replication factor {factor}")
+    return factor, min_isr
+
+
+def cluster_size(admin: AdminClient, timeout_s: float = 15) -> int:
+    """How many brokers the cluster's metadata lists."""
+    try:
+        return len(admin.list_topics(timeout=timeout_s).brokers)
+    except KafkaException as exc:
+        raise translate(exc, context="reading cluster metadata") from exc
+
+
+def with_min_insync(specs: Sequence[TopicSpec], min_isr: int) -> list[TopicSpec]:
+    """The specs with ``min.insync.replicas`` set on the durable ones."""
+    return [
+        replace(s, extra_config={**s.extra_config, "min.insync.replicas": str(min_isr)}) if s.durable else s
+        for s in specs
+    ]
 
 
 @dataclass
@@ -204,15 +243,22 @@ def apply(
     admin: AdminClient,
     specs: Sequence[TopicSpec],
     *,
-    replication_factor: int = 1,
+    replication_factor: int | None = None,
+    min_insync_replicas: int | None = None,
     dry_run: bool = False,
     timeout_s: float = 30,
 ) -> TopicPlan:
     """Create missing topics and align managed configs; refuse partition-count changes.
 
-    Nothing is changed when any topic's partition count differs: the whole apply is refused, so the
-    cluster is never left half-migrated.
+    Replication left unset follows the cluster size (`replication_for`). Nothing is changed when any
+    topic's partition count differs: the whole apply is refused, so the cluster is never left
+    half-migrated.
     """
+    replication_factor, min_isr = replication_for(
+        cluster_size(admin, timeout_s),
+        TopicSettings(replication_factor=replication_factor, min_insync_replicas=min_insync_replicas),
+    )
+    specs = with_min_insync(specs, min_isr)
     result = plan(admin, specs, timeout_s=timeout_s)
     if result.partition_conflicts:
         detail = "; ".join(
