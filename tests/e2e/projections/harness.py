@@ -252,8 +252,12 @@ class Harness:
         return codes
 
     def served(self, name: str) -> list[int]:
-        """The versions ``name``'s workers said they serve, in log order (a re-executed worker adds one)."""
-        pattern = re.compile(rf"\b{re.escape(name)}: serving v(\d+)\b")
+        """The versions ``name``'s workers serve, in log order, each once its Faust worker was ready.
+
+        A re-executed worker (a version switch) adds one; a worker still starting (which a SIGTERM would
+        kill before Faust handles signals) is not counted yet.
+        """
+        pattern = re.compile(rf"\b{re.escape(name)}: serving v(\d+)\b.*?\[\^Worker\]: Ready", re.DOTALL)
         return [
             int(m.group(1))
             for p in sorted(self.logs.glob(f"{name}-*.log"))
