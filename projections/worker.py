@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -85,10 +86,26 @@ def serving(name: str, settings: Settings, pinned: int | None) -> Version:
     )
 
 
-def run(name: str, settings: Settings, pinned: int | None = None) -> None:
-    """Run projection ``name``'s Faust worker in this process until it is stopped (or switches version)."""
+def _counting_worker(app: Any, loglevel: str) -> Any:
+    """A Faust worker that counts the stop signals it gets (a version switch sends itself one)."""
     import faust
 
+    class Worker(faust.Worker):
+        stop_signals = 0
+
+        def _on_sigterm(self) -> None:
+            self.stop_signals += 1
+            super()._on_sigterm()
+
+        def _on_sigint(self) -> None:
+            self.stop_signals += 1
+            super()._on_sigint()
+
+    return Worker(app, loglevel=loglevel, quiet=True)
+
+
+def run(name: str, settings: Settings, pinned: int | None = None) -> None:
+    """Run projection ``name``'s Faust worker in this process until it is stopped (or switches version)."""
     from esflow.messaging.codec import Codec
     from esflow.readmodel.store import ProjectionStore
     from projections import metrics, registry, runtime
@@ -142,7 +159,7 @@ def run(name: str, settings: Settings, pinned: int | None = None) -> None:
     if ps.metrics_port:
         metrics.serve(ps.metrics_port)
     gctune.tune_for_throughput()
-    worker = faust.Worker(built.app, loglevel=level, quiet=True)
+    worker = _counting_worker(built.app, level)
     try:
         worker.execute_from_commandline()
     finally:
@@ -150,7 +167,10 @@ def run(name: str, settings: Settings, pinned: int | None = None) -> None:
         engine.dispose()
         base.dispose()
         built.remove_datadir()
-        if moved:
+        if moved and worker.stop_signals > 1:
+            # Someone else asked it to stop while it was stopping for the switch: stop, do not re-execute.
+            log.warning("%s: stop requested while switching to v%d; not restarting", name, moved[0])
+        elif moved:
             # Same pid, fresh process image: a new Faust app and consumer group for the new version.
             argv = command(name)
             os.execv(argv[0], argv)

@@ -132,12 +132,12 @@ def test_rebuild_while_loadgen_runs_and_a_bi_reader_watches(
         text=True,
     )
     try:
-        # The rebuild starts once the load is flowing through the live version.
+        # The rebuild starts once the load flows through the live version (early: the load must outlast it).
         eventually(
-            lambda: _applied(services, layout) >= 500,
+            lambda: _applied(services, layout) >= 100,
             timeout=120,
             interval=0.2,
-            what="the live orders to apply 500 events",
+            what="the live orders to apply 100 events",
         )
         assert loadgen.poll() is None, "the load ended before the rebuild started"
         rebuilt = subprocess.run(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ops.bench.projection_workload import Workload
 from tests.e2e.projections.harness import Harness
+from tests.support.wait import eventually
 
 
 def test_supervised_workers_apply_stop_on_sigterm_and_remove_their_faust_data(
@@ -44,3 +45,35 @@ def test_supervised_workers_apply_stop_on_sigterm_and_remove_their_faust_data(
     assert "projector event_log: pid" in text and "projector orders: pid" in text, text[-3000:]
     assert "restarting" not in text, text[-3000:]
     assert list(datadirs.iterdir()) == [], "a worker left its Faust data directory behind"
+
+
+def test_a_stop_during_a_version_switch_stops_the_worker_instead_of_restarting_it(harness: Harness) -> None:
+    log = harness.produce(Workload(seed=62).events(200))
+    worker = harness.start("event_log")
+    harness.wait_applied({"event_log": len(log)}, timeout=120)
+    rebuilt = subprocess.run(
+        [sys.executable, "-m", "esflow", "projection", "rebuild", "event_log", "--quiet"],
+        env=harness.env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    # The worker stops itself to re-execute on v2 (about a second of Faust shutting down); an operator's
+    # SIGTERM meanwhile must still stop it. Watch its log closely to send it inside that window.
+    (log_file,) = harness.logs.glob("event_log-*.log")
+    eventually(
+        lambda: b"; switching" in log_file.read_bytes(),
+        timeout=60,
+        interval=0.005,
+        what="the worker to notice v2",
+        details=harness.log_text,
+    )
+    worker.send_signal(signal.SIGTERM)
+    try:
+        code = worker.wait(60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the worker went on after a SIGTERM\n{harness.log_text()}") from None
+    # 0 when the signal came while Faust was stopping; killed when it came between Faust and the exec.
+    assert code in (0, -signal.SIGTERM), harness.log_text()
