@@ -3,66 +3,39 @@
 `esflow db` manages the read-model database; `esflow projection` rebuilds, rolls back, drops and lists
 projection versions.
 
-``esflow projector run NAME`` runs one projection's Faust worker in this process, serving the live
-version of the projection (its own app and consumer group per version), scaled by starting more of
-them. The worker polls the version registry and, when another version of its code goes live, finishes
-its batch and re-executes itself on the new version. ``esflow projector run`` with several names (or
-none: all of them) supervises one child process per projection, so each can crash and restart alone,
-and forwards SIGTERM/SIGINT to them for a graceful stop.
+``esflow projector run NAME`` runs one projection's worker in this process (:mod:`projections.worker`:
+the live version, re-executed on a switch), scaled by starting more of them. With several names (or
+none: all of them) it supervises one child process per projection (:mod:`esflow.supervisor`), so each
+can crash and restart alone, and SIGTERM/SIGINT stop them all gracefully.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 import sqlalchemy as sa
 
-from esflow import gctune
-from esflow.errors import EsflowError, translated
 from esflow.readmodel import versions
-from esflow.readmodel.applier import is_transient
 from esflow.readmodel.migrations import MIGRATIONS, applied_versions
-from esflow.readmodel.store import create_engine
-from esflow.readmodel.versions import Layout, Version, VersionError
+from esflow.readmodel.versions import Layout
 from esflow.settings import Settings, load_settings
+from esflow.supervisor import Supervisor
+from projections import worker
+from projections.installation import base_engine as _engine
+from projections.installation import layout as _layout
+from projections.installation import read as _read
 from projections.registry import PROJECTIONS
 
 if TYPE_CHECKING:
     from projections.replay import ReplayProgress
-
-T = TypeVar("T")
-
-log = logging.getLogger("esflow.projections")
-
-
-def _engine(settings: Settings) -> sa.Engine:
-    return create_engine(settings.postgres, settings.projections.db_schema)
-
-
-def _read(settings: Settings, context: str, read: Callable[[sa.Connection], T]) -> T:
-    """Run ``read`` on a connection to the base schema; driver errors become one-line esflow errors."""
-    engine = _engine(settings)
-    try:
-        with translated(context), engine.connect() as conn:
-            return read(conn)
-    finally:
-        engine.dispose()
-
-
-def _layout(settings: Settings) -> Layout:
-    return Layout(settings.projections.db_schema)
 
 
 def _projections() -> list[Any]:
@@ -183,171 +156,27 @@ def projector_run(names: tuple[str, ...], run_migrations: bool, pinned: int | No
     if pinned is not None and len(chosen) != 1:
         raise click.BadParameter("--version needs exactly one projection name")
     if len(chosen) == 1:
-        _run_worker(chosen[0], settings, pinned)
+        worker.run(chosen[0], settings, pinned)
     else:
-        sys.exit(_supervise(chosen))
+        sys.exit(_supervise(chosen, settings))
 
 
-def _serving(name: str, settings: Settings, pinned: int | None) -> Version:
-    """The version this worker serves: the pinned one, or the live one (rebuilt first if configured)."""
-    code = PROJECTIONS[name]().version
-    layout = _layout(settings)
+def _supervise(names: list[str], settings: Settings) -> int:
+    """One supervised child per projection, each with its own metrics port when metrics are served."""
+    base_port = settings.projections.metrics_port
 
-    def choose(conn: sa.Connection) -> Version:
-        if pinned is not None:
-            chosen = versions.get_version(conn, layout, name, pinned)
-            if chosen.state not in ("live", "standby"):
-                raise VersionError(f"{name} v{pinned} is {chosen.state}; only live or standby can be served")
-            return chosen
-        live = versions.live_version(conn, layout, name)
-        if live is None:
-            raise VersionError(f"projection {name} has no live version", hint="run `esflow db migrate`")
-        return live
-
-    # A worker (re)started while Postgres is down waits for it, as a running one does.
-    deadline = time.monotonic() + settings.projections.checkpoint_timeout_s
-    delay = settings.projections.retry_initial_s
-    while True:
-        try:
-            chosen = _read(settings, "reading the projection versions", choose)
-            break
-        except EsflowError as exc:
-            cause = exc.__cause__
-            if not isinstance(cause, Exception) or not is_transient(cause) or time.monotonic() > deadline:
-                raise
-            log.warning("%s: Postgres not reachable, retrying in %.1fs: %s", name, delay, exc.message)
-            time.sleep(delay)
-            delay = min(delay * 2, settings.projections.retry_max_s)
-    if chosen.code_version == code:
-        return chosen
-    if pinned is None and settings.projections.auto_rebuild:
-        log.warning(
-            "%s: live v%d is code version %d, this worker is code version %d: rebuilding",
-            name, chosen.version, chosen.code_version, code,
-        )  # fmt: skip
-        from projections.rebuild import Rebuilder
-
-        with Rebuilder(name, settings) as rebuilder:
-            return rebuilder.rebuild()
-    raise VersionError(
-        f"{name} v{chosen.version} was built by code version {chosen.code_version}; this worker runs "
-        f"code version {code}",
-        hint=f"run `esflow projection rebuild {name}` (or set ESFLOW_PROJECTION_AUTO_REBUILD=true)",
-    )
-
-
-def _run_worker(name: str, settings: Settings, pinned: int | None = None) -> None:
-    import faust
-
-    from esflow.messaging.codec import Codec
-    from esflow.readmodel.store import ProjectionStore
-    from projections import metrics, registry, runtime
-
-    ps = settings.projections
-    serving = _serving(name, settings, pinned)
-    layout = _layout(settings)
-    engine = create_engine(settings.postgres, serving.schema)
-    base = _engine(settings)
-    store = ProjectionStore(engine)
-    built = runtime.build(
-        registry.get(name),
-        registry.EnvelopeDecoder(Codec.from_settings(settings.schemas)),
-        store,
-        kafka=settings.kafka,
-        topics=settings.topics,
-        settings=ps,
-        group_id=runtime.version_group(ps, name, serving.version),
-    )
-    moved: list[int] = []
-
-    if pinned is None:
-
-        @built.app.timer(interval=ps.version_poll_s)  # type: ignore[untyped-decorator]
-        async def follow_live() -> None:
-            # Another version went live (a rebuild's or a rollback's switch): finish the batch in flight
-            # through the normal graceful stop, then re-execute on the new version.
-            def read() -> Version | None:
-                with base.connect() as conn:
-                    return versions.live_version(conn, layout, name)
-
-            try:
-                live = await asyncio.to_thread(read)
-            except Exception as exc:  # Postgres down: the applier retries; keep serving meanwhile
-                log.warning("%s: cannot read the live version: %s", name, exc)
-                return
-            if live is not None and live.version != serving.version and not moved:
-                log.warning(
-                    "%s: v%d is live now (this worker served v%d); switching",
-                    name,
-                    live.version,
-                    serving.version,
-                )
-                moved.append(live.version)
-                os.kill(os.getpid(), signal.SIGTERM)
-
-    log.info("%s: serving v%d (%s)", name, serving.version, serving.schema)
-    if ps.metrics_port:
-        metrics.serve(ps.metrics_port)
-    gctune.tune_for_throughput()
-    worker = faust.Worker(built.app, loglevel=os.environ.get("ESFLOW_LOG_LEVEL", "info"), quiet=True)
-    try:
-        worker.execute_from_commandline()
-    finally:
-        built.applier.stop()
-        engine.dispose()
-        base.dispose()
-        if moved:
-            # Same pid, fresh process image: a new Faust app and consumer group for the new version.
-            os.execv(sys.executable, [sys.executable, "-m", "esflow", "projector", "run", name])
-
-
-def _supervise(names: list[str]) -> int:
-    """Run one child per projection; restart crashed ones; forward stop signals; return the exit code."""
-    stopping = False
-    children: dict[str, subprocess.Popen[bytes]] = {}
-    restarts: dict[str, float] = {}
-
-    base_port = load_settings().projections.metrics_port
-
-    def spawn(name: str) -> None:
-        env = dict(os.environ)
+    def env(name: str) -> dict[str, str]:
+        variables = dict(os.environ)
         if base_port:
-            # One metrics port per child: the configured one for the first projection, then the next ones.
-            env["ESFLOW_PROJECTION_METRICS_PORT"] = str(base_port + names.index(name))
-        children[name] = subprocess.Popen([sys.executable, "-m", "esflow", "projector", "run", name], env=env)
-        click.echo(f"projector {name}: pid {children[name].pid}", err=True)
+            # The configured port for the first projection, then the next ones.
+            variables["ESFLOW_PROJECTION_METRICS_PORT"] = str(base_port + names.index(name))
+        return variables
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-        for child in children.values():
-            if child.poll() is None:
-                child.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    for name in names:
-        spawn(name)
-    while True:
-        alive = 0
-        for name, child in list(children.items()):
-            code = child.poll()
-            if code is None:
-                alive += 1
-                continue
-            if stopping:
-                continue
-            # A crashed projection restarts alone, with a pause so a persistent failure does not spin.
-            delay = min(30.0, 2 * restarts.get(name, 0.5))
-            click.echo(f"projector {name} exited with {code}; restarting in {delay:.0f}s", err=True)
-            restarts[name] = delay
-            time.sleep(delay)
-            if not stopping:
-                spawn(name)
-                alive += 1
-        if stopping and alive == 0:
-            return 0
-        time.sleep(0.5)
+    return Supervisor(
+        {name: worker.command(name) for name in names},
+        env,
+        announce=lambda text: click.echo(f"projector {text}", err=True),
+    ).run()
 
 
 @click.group()

@@ -18,27 +18,21 @@ How it reads:
   ``high watermark - next offset`` is only an estimate (it never reaches 0 after a transaction); it
   serves ``lag_threshold > 0``, ETAs and ``projection_status.lag``, never "fully caught up".
 
-Why it is fast (``ops/bench/rebuild.py`` measures it):
+Why it is fast (``ops/bench/rebuild.py`` measures it; the README has the figures):
 
 - batches of ``batch_size`` events (50,000), taken with one ``poll()`` for the first record and
   ``consume(n)`` for the rest;
 - the cyclic garbage collector is paused for the run (:func:`_gc_paused`): with a batch of decoded
-  envelopes alive, its automatic passes took 75-85% of the decoding time; a full collection runs
+  envelopes alive, its automatic passes took most of the decoding time; a full collection runs
   every half minute instead;
-- decoding (the codec: ~13-17 µs per event) and the projections' folds are pure Python, so one process
-  is bound by the GIL (about 36k events/s into ``daily_revenue`` and 23k into ``orders`` here), and a
-  thread that decodes ahead of the applying one made it slower, not faster. A large replay is therefore
+- decoding (the codec) and the projections' folds are pure Python, so one process is bound by the GIL,
+  and a thread that decodes ahead of the applying one made it slower, not faster. A large replay is therefore
   split by partition over a few forked processes (one per CPU, :func:`_shards`), each with its own
   consumer, applier and connections; they apply disjoint partitions, exactly like several live workers
   of one projection (checkpoint rows per partition; cross-partition read models use commutative
-  upserts in key order). The calling process only merges their progress. Small replays (a catch-up
-  before a switch, tests) stay in-process.
-
-The processes are forked (the projection and decoder need not be picklable, a child starts in
-milliseconds); the parent's own Kafka client is closed before, each child opens its own connections.
-Children ignore SIGINT/SIGTERM: the parent, told to ``stop``, tells them, and they return after their
-batch in flight; a parent that dies takes them along (``PR_SET_PDEATHSIG``: SIGKILL), so a killed
-rebuild leaves no replay behind, only committed batches to resume from.
+  upserts in key order). The calling process only merges their progress
+  (:mod:`projections.replay_processes` runs them). Small replays (a catch-up before a switch, tests)
+  stay in-process.
 """
 
 from __future__ import annotations
@@ -46,33 +40,25 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import multiprocessing
-import multiprocessing.queues
 import os
-import queue
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, TopicPartition
 
-from esflow import errors
-from esflow.errors import EsflowError, KafkaOperationError, ProjectionError, ProjectionHalted, translate
+from esflow.errors import KafkaOperationError, ProjectionError, ProjectionHalted, translate
 from esflow.messaging.kafka import consumer_config, watermarks
 from esflow.readmodel.applier import BatchApplier, Observer, Stopping
 from esflow.readmodel.projection import TP, Decoder, Projection, RawEvent, records_left
 from esflow.readmodel.store import BatchResult, ProjectionStore
 from esflow.settings import KafkaSettings, ProjectionSettings, TopicSettings
+from projections.replay_processes import Child, run_forked
 from projections.runtime import event_topics
 
 log = logging.getLogger("esflow.projections")
-
-if TYPE_CHECKING:  # not subscriptable at run time
-    Inbox = multiprocessing.queues.Queue[tuple[Any, ...]]
-    """Messages from the replay processes to the parent: (kind, process index, ...)."""
 
 _FIRST_WAIT_S = 0.2
 """Longest wait for the first record of a batch (also how often ``stop`` and the deadline are seen)."""
@@ -82,8 +68,6 @@ _FULL_GC_EVERY_S = 30.0
 """How often the paused garbage collector runs a full collection (reference cycles are rare here)."""
 _EVENTS_PER_PROCESS = 50_000
 """Below this many events per process, forking and connecting costs more than it saves."""
-_CHILD_STOP_GRACE_S = 120.0
-"""How long a stopping replay waits for its processes' batches in flight before killing them."""
 
 
 class ReplayTimeout(ProjectionError):
@@ -392,161 +376,37 @@ class Replayer:
         deadline: float | None,
         timed_out: Callable[[], ReplayTimeout],
     ) -> ReplayProgress:
-        # fork, not spawn: the projection and decoder objects (compiled codec readers, test doubles) need
-        # not be picklable, and a child starts in milliseconds. The Kafka client of _start() is closed by
-        # now, so no librdkafka thread of ours is forked mid-operation.
-        ctx = multiprocessing.get_context("fork")
-        inbox: Inbox = ctx.Queue()
-        stop_flag, abort_flag = _Flag(ctx), _Flag(ctx)
-        parent = os.getpid()
-        children = [
-            ctx.Process(
-                target=self._child,
-                args=(i, {tp: parts[tp] for tp in shard}, goal, inbox, stop_flag, abort_flag, parent),
-                name=f"replay-{self.projection.name}-{i}",
-                daemon=True,
+        # The Kafka client of _start() is closed by now, so no librdkafka thread of ours is forked
+        # mid-operation.
+        def work(child: Child[_Applied]) -> dict[TP, int]:
+            # Connections of the parent's pool belong to the parent: never touch them here.
+            self.store.engine.dispose(close=False)
+            applier = BatchApplier(
+                self.store, self.projection, self.decoder, self.settings, observer=child.observer
             )
-            for i, shard in enumerate(shards)
-        ]
-        finished: set[int] = set()
-        failures: list[BaseException] = []
+            child.on_abort(applier.stop)
+            shard = {tp: parts[tp] for tp in shards[child.index]}
+            return _Shard(self, shard, applier, goal).run(child.should_stop, child.report)
 
-        def handle(message: tuple[Any, ...]) -> None:
-            kind, index, *body = message
-            if kind == "batch":
-                _merge(report, body[0])
-                if progress is not None:
-                    progress(report)
-            elif kind == "observe":
-                self._observe(*body)
-            elif kind == "done":
-                finished.add(index)
-                report.lag.update(body[0])
-            elif kind == "error":
-                finished.add(index)
-                failures.append(_rebuilt(*body))
-                stop_flag.set()  # the others stop after their batch in flight
+        def batch(done: _Applied) -> None:
+            _merge(report, done)
+            if progress is not None:
+                progress(report)
 
-        def drain(wait_s: float) -> bool:
-            """Handle the messages that came; False when none came within ``wait_s``."""
-            try:
-                handle(inbox.get(timeout=wait_s))
-            except queue.Empty:
-                return False
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    handle(inbox.get_nowait())
-            return True
-
-        expired = False
-        try:
-            for child in children:
-                child.start()
-            while len(finished) < len(children):
-                drain(_FIRST_WAIT_S)
-                for i, child in enumerate(children):
-                    if i in finished or child.exitcode is None:
-                        continue
-                    while drain(0.5):  # what it sent before exiting
-                        pass
-                    if i not in finished:
-                        finished.add(i)
-                        failures.append(
-                            ProjectionError(
-                                f"replay process {child.name} died (exit code {child.exitcode})",
-                                hint="its partitions resume from their checkpoints on the next run",
-                            )
-                        )
-                        stop_flag.set()
-                if stop is not None and stop.is_set():
-                    stop_flag.set()
-                if deadline is not None and time.monotonic() > deadline and not expired:
-                    expired = True
-                    stop_flag.set()
-                    abort_flag.set()  # batches stuck retrying give up
-        finally:
-            # Normally every child has said "done" already. Otherwise (an error here, Ctrl-C) they stop
-            # after their batch in flight; keep reading so none blocks on a full pipe.
-            stop_flag.set()
-            grace = time.monotonic() + _CHILD_STOP_GRACE_S
-            for child in children:
-                while child.is_alive() and time.monotonic() < grace:
-                    with contextlib.suppress(Exception):
-                        drain(0.1)
-                    child.join(0.1)
-                if child.is_alive():  # pragma: no cover - a batch stuck for minutes
-                    child.kill()
-                child.join()
-            inbox.close()
+        expired = run_forked(
+            len(shards),
+            work,
+            projection=self.projection.name,
+            on_batch=batch,
+            on_finished=report.lag.update,
+            observer=self.observer,
+            stop=stop,
+            deadline=deadline,
+            known_errors={"ReplayTimeout": ReplayTimeout},
+        )
         if expired:
             raise timed_out()
-        if failures:
-            raise failures[0]
         return report
-
-    def _child(
-        self,
-        index: int,
-        parts: dict[TP, _Partition],
-        goal: _Goal,
-        inbox: Inbox,
-        stop_flag: _Flag,
-        abort_flag: _Flag,
-        parent: int,
-    ) -> None:
-        """One replay process: its partitions, its own consumer, applier and connections."""
-        # Stopping is the parent's business (its caller's ``stop``, e.g. the CLI's SIGINT/SIGTERM
-        # handler, sets stop_flag), even when a signal reaches the whole process group (Ctrl-C, systemd):
-        # the batch in flight commits. A parent that dies takes the children along.
-        with contextlib.suppress(ValueError):
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _die_with_parent(parent)
-        # Connections of the parent's pool belong to the parent: never touch them here.
-        self.store.engine.dispose(close=False)
-        try:
-            observer = _ForwardingObserver(inbox, index) if self.observer is not None else None
-            applier = BatchApplier(
-                self.store, self.projection, self.decoder, self.settings, observer=observer
-            )
-
-            def watch_abort() -> None:
-                while not abort_flag.is_set():
-                    time.sleep(0.1)
-                applier.stop()
-
-            threading.Thread(target=watch_abort, daemon=True).start()
-
-            def should_stop() -> bool:
-                if os.getppid() != parent:
-                    raise ProjectionError("the replaying process is gone")
-                return stop_flag.is_set()
-
-            lags = _Shard(self, parts, applier, goal).run(
-                should_stop, lambda done: inbox.put(("batch", index, done))
-            )
-            inbox.put(("done", index, lags))
-        except BaseException as exc:  # reported to the parent, which raises it
-            if isinstance(exc, EsflowError):
-                inbox.put(("error", index, type(exc).__name__, exc.message, exc.hint))
-            else:
-                text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                inbox.put(("error", index, type(exc).__name__, f"{type(exc).__name__}: {text}", None))
-        finally:
-            inbox.close()
-            inbox.join_thread()
-
-    def _observe(self, method: str, *args: Any) -> None:
-        observer = self.observer
-        if observer is None:
-            return
-        with contextlib.suppress(Exception):
-            if method == "batch_applied":
-                observer.batch_applied(self.projection.name, args[0], args[1])
-            elif method == "retried":
-                observer.retried(self.projection.name, ProjectionError(args[0]))
-            elif method == "halted":
-                observer.halted(self.projection.name, args[0], args[1])
 
 
 @dataclass(frozen=True)
@@ -690,59 +550,3 @@ class _Shard:
             dict(result.checkpoints),
             self.lags(),
         )
-
-
-class _Flag:
-    """A flag in shared memory that the parent sets and replay processes poll.
-
-    Not a ``multiprocessing.Event``: setting one waits for every process sleeping in ``wait()`` to wake,
-    forever if one of them has exited meanwhile.
-    """
-
-    def __init__(self, ctx: Any) -> None:
-        self._value = ctx.RawValue("b", 0)
-
-    def set(self) -> None:
-        self._value.value = 1
-
-    def is_set(self) -> bool:
-        return bool(self._value.value)
-
-
-class _ForwardingObserver:
-    """The applier's observer in a replay process: hands every call to the parent's observer."""
-
-    def __init__(self, inbox: Inbox, index: int) -> None:
-        self.inbox = inbox
-        self.index = index
-
-    def batch_applied(self, projection: str, result: BatchResult, seconds: float) -> None:
-        self.inbox.put(("observe", self.index, "batch_applied", result, seconds))
-
-    def retried(self, projection: str, error: BaseException) -> None:
-        self.inbox.put(("observe", self.index, "retried", str(error) or type(error).__name__))
-
-    def halted(self, projection: str, tp: TP, reason: str) -> None:
-        self.inbox.put(("observe", self.index, "halted", tp, reason))
-
-
-def _die_with_parent(parent: int) -> None:
-    """Have the kernel SIGKILL this process when its parent dies (Linux), as a SIGKILLed rebuild must."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent:  # died before the request took effect
-        os._exit(1)
-
-
-def _rebuilt(name: str, message: str, hint: str | None) -> BaseException:
-    """The error a replay process reported, as the same esflow error type where there is one."""
-    if name == "Stopping":
-        return Stopping(message)
-    cls = ReplayTimeout if name == "ReplayTimeout" else getattr(errors, name, None)
-    if isinstance(cls, type) and issubclass(cls, EsflowError):
-        with contextlib.suppress(TypeError):
-            return cls(message, hint=hint)
-    return ProjectionError(message, hint=hint)

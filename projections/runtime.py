@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +35,18 @@ log = logging.getLogger("esflow.projections")
 
 @dataclass
 class Runtime:
-    """A built projection: its Faust app, the agent's applier and the topics it reads."""
+    """A built projection: its Faust app, the agent's applier, the topics it reads, its data directory."""
 
     app: ProjectionApp
     applier: BatchApplier
     topics: tuple[str, ...]
     agent: Any
+    datadir: Path
+    """Faust's data directory, this process's own."""
+
+    def remove_datadir(self) -> None:
+        """Remove the Faust data directory (once the app has stopped: Faust keeps nothing there we need)."""
+        shutil.rmtree(self.datadir, ignore_errors=True)
 
 
 def event_topics(projection: Projection[Any], topics: TopicSettings) -> tuple[str, ...]:
@@ -68,9 +75,11 @@ def build(
     uses :func:`version_group` so each version has its own consumer group.
     """
     app_id = group_id or f"{settings.group_prefix}-{projection.name}"
-    # Faust wants a data directory even without tables; keep it out of the working directory.
-    datadir = Path(tempfile.gettempdir()) / "esflow-faust" / app_id
-    datadir.parent.mkdir(parents=True, exist_ok=True)
+    # Faust wants a data directory even without tables; keep it out of the working directory, and make
+    # it this process's own, so removing it on stop cannot pull it from under another worker.
+    root = Path(tempfile.gettempdir()) / "esflow-faust"
+    root.mkdir(parents=True, exist_ok=True)
+    datadir = Path(tempfile.mkdtemp(prefix=f"{app_id}-", dir=root))
     observer = PrometheusObserver()
     brokers = [f"kafka://{server.strip()}" for server in kafka.bootstrap_servers.split(",")]
     app = ProjectionApp(
@@ -155,7 +164,7 @@ def build(
                     await settle(pending)
 
     agent = app.agent(channel, name=f"{projection.name}-projector", concurrency=1)(project)
-    return Runtime(app=app, applier=applier, topics=names, agent=agent)
+    return Runtime(app=app, applier=applier, topics=names, agent=agent, datadir=datadir)
 
 
 def _lag(app: ProjectionApp, raws: list[RawEvent]) -> dict[TP, int]:

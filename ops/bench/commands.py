@@ -176,9 +176,9 @@ def latency(bench: Bench, accounts: list[uuid.UUID], rate: float, seconds: float
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     # The command SDK's own linger (5 ms): with 1 ms the feeder sent a produce request per partition per
-    # millisecond, and the broker's share of the two cores left the processor short above ~4k/s.
+    # millisecond, and the broker's share of the two cores left the processor short at high rates.
     producer = Producer(producer_config(bench.kafka))
-    # Encoded before the clock starts: building and encoding a command costs the feeder ~60 us, CPU the
+    # Encoded before the clock starts: building and encoding a command costs the feeder CPU that the
     # processor under test would otherwise share (the client's encoding is not the processor's latency).
     feed = []
     for i in range(int(rate * seconds) + 1):
@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{os.cpu_count()} CPUs, broker {kafka.bootstrap_servers}"
     )
     with bench_topics(kafka, partitions) as bench:
-        # Repeated because one drain varies by ±20% on this machine (the broker's share of two cores
+        # Repeated because one drain varies a lot on this machine (the broker's share of two cores
         # differs from run to run); each round preloads fresh accounts, so nothing is a duplicate.
         rates = []
         for round_ in range(1, args.repeat + 1):

@@ -106,7 +106,10 @@ def run_noop_worker() -> None:
         settings=settings.projections,
     )
     gctune.tune_for_throughput()
-    faust.Worker(built.app, loglevel="warning", quiet=True).execute_from_commandline()
+    try:
+        faust.Worker(built.app, loglevel="warning", quiet=True).execute_from_commandline()
+    finally:
+        built.remove_datadir()
 
 
 def _raws(codec: Codec, envelopes: Sequence[Any], partitions: int) -> list[RawEvent]:

@@ -2,7 +2,7 @@
 
 The workers allocate many short-lived objects per message (decoded envelopes, pydantic models, rows)
 and keep a batch of them alive at once, so the young generations fill up and get traversed again and
-again: measured in the bulk replayer, the collector's automatic passes took 75-85% of the decoding time.
+again: measured in the bulk replayer, the collector's automatic passes took most of the decoding time.
 Almost all of this garbage is freed by reference counting anyway; cycles are rare. So a worker moves
 everything created at start-up (modules, schemas, compiled codecs) out of the collector's sight with
 ``gc.freeze()`` and collects the young generation after tens of thousands of allocations instead of
@@ -32,8 +32,8 @@ def paused() -> Iterator[None]:
     """No automatic collection inside the block: for a batch whose objects all die when it ends.
 
     A batch keeps its messages, models and records alive until it ends, so a collection that falls
-    inside it traverses tens of thousands of objects only to find them all reachable (46 ms a pass in the
-    command processor, 3-4% of its time). Deallocations count down the collector's young-generation
+    inside it traverses tens of thousands of objects only to find them all reachable (a noticeable share
+    of the command processor's time). Deallocations count down the collector's young-generation
     counter, so once the batch's objects are freed the counter is back near what survived, and
     collection resumes where it left off: cycles are still collected, between batches.
     """

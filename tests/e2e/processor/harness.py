@@ -31,6 +31,7 @@ from tests.integration.processor.kit import (
     read_all,
     withdraw,
 )
+from tests.support.wait import eventually
 
 ESFLOW = str(Path(sys.executable).parent / "esflow")
 
@@ -59,13 +60,13 @@ class ProcessorProcess:
     def wait_processing(self, timeout: float = 60) -> None:
         """Block until the current incarnation holds partitions (its log says so)."""
         path = self.log_dir / f"processor-{self.instance_id}-{self.starts}.log"
-        deadline = time.monotonic() + timeout
-        while "assigned" not in path.read_text(errors="replace"):
+
+        def assigned() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"processor exited:\n{self.log_text()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"processor not assigned after {timeout}s:\n{self.log_text()}")
-            time.sleep(0.05)
+            return "assigned" in path.read_text(errors="replace")
+
+        eventually(assigned, timeout=timeout, what="the processor to be assigned", details=self.log_text)
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -130,7 +131,7 @@ class Stream:
             self.sent.extend(batch)
             ahead = len(self.sent) / self.rate - (time.monotonic() - started)
             if ahead > 0:
-                time.sleep(ahead)
+                time.sleep(ahead)  # pacing the load at its rate, not waiting for anything
         self.done.set()
 
 
@@ -174,15 +175,21 @@ def wait_for_results(
     md = consumer.list_topics(topic, timeout=30)
     consumer.assign([TopicPartition(topic, p, 0) for p in md.topics[topic].partitions])
     got: dict[uuid.UUID, list[CommandResult]] = defaultdict(list)
-    deadline = time.monotonic() + timeout
+
+    def consume() -> None:
+        for msg in consumer.consume(5000, 0.5):
+            if msg.error() is None and not is_report_key(msg.key()):
+                r = CommandResult.from_bytes(msg.value() or b"")
+                got[r.command_id].append(r)
+
     try:
-        while not wanted <= got.keys():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{len(wanted - got.keys())} of {len(wanted)} commands unanswered")
-            for msg in consumer.consume(5000, 0.5):
-                if msg.error() is None and not is_report_key(msg.key()):
-                    r = CommandResult.from_bytes(msg.value() or b"")
-                    got[r.command_id].append(r)
+        eventually(
+            lambda: wanted <= got.keys(),
+            timeout=timeout,
+            step=consume,
+            what="every command's result",
+            details=lambda: f"{len(wanted - got.keys())} of {len(wanted)} commands unanswered",
+        )
     finally:
         consumer.close()
     return got

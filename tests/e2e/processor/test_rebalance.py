@@ -15,19 +15,11 @@ from tests.e2e.processor.harness import (
 )
 from tests.integration.processor.kit import Env
 from tests.support.services import Services
+from tests.support.wait import eventually
 
 
 def _assignments(proc: ProcessorProcess) -> int:
     return proc.log_text().count("INFO esflow.processor: assigned")
-
-
-def _wait(predicate: object, timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def test_rebalance_mid_run_and_graceful_leave(penv: Env, services: Services, tmp_path: Path) -> None:
@@ -41,14 +33,20 @@ def test_rebalance_mid_run_and_graceful_leave(penv: Env, services: Services, tmp
         a.start()
         a.wait_processing()
         feeder.start()
-        time.sleep(1.5)
+        eventually(lambda: len(watcher.seen) >= 300, timeout=60, what="a to append events")
         b.start()  # joins: the group rebalances while commands flow
-        _wait(lambda: _assignments(b) >= 1 and _assignments(a) >= 2, 60, "the join rebalance")
-        time.sleep(1.5)
+        eventually(
+            lambda: _assignments(b) >= 1 and _assignments(a) >= 2, timeout=60, what="the join rebalance"
+        )
+        # Both instances process for a while before a leaves.
+        shared = len(watcher.seen) + 300
+        eventually(lambda: len(watcher.seen) >= shared, timeout=60, what="events after the rebalance")
         assert a.terminate() == 0, a.log_text()
         assert "stopped:" in a.log_text()
         # A clean stop leaves the group: b takes over long before the 30 s session timeout would expire.
-        took_over = _wait(lambda: _assignments(b) >= 2, 25, "b to take over")
+        left = time.monotonic()
+        eventually(lambda: _assignments(b) >= 2, timeout=25, what="b to take over")
+        took_over = time.monotonic() - left
         assert took_over < 10
         assert "revoked" in a.log_text()
         feeder.join(60)

@@ -7,10 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient
@@ -18,6 +16,7 @@ from confluent_kafka.admin import AdminClient
 from esflow.messaging import topics
 from esflow.settings import KafkaSettings, Settings, TopicSettings
 from tests.support.services import Services
+from tests.support.wait import eventually
 
 PARTITIONS = 3
 
@@ -48,8 +47,17 @@ def pipeline(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+    def assigned() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"processor exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        return "assigned" in log.read_text()
+
     try:
-        _wait_for(lambda: "assigned" in log.read_text(), 60, log, proc)
+        eventually(
+            assigned, timeout=60, interval=0.2, what="the processor to be assigned",
+            details=lambda: log.read_text()[-3000:],
+        )  # fmt: skip
         yield settings, env
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -61,16 +69,6 @@ def pipeline(
         for fut in admin.delete_topics(names).values():
             with contextlib.suppress(Exception):
                 fut.result(timeout=30)
-
-
-def _wait_for(check: Callable[[], bool], timeout: float, log: Path, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if proc.poll() is not None:
-            raise RuntimeError(f"processor exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"processor not ready in {timeout}s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from tests.conftest import drop_installation
 from tests.e2e.projections.bi_reader import problems, read_samples
 from tests.e2e.projections.expected import comparable, fold, read_tables
 from tests.support.services import Services
+from tests.support.wait import eventually
 
 PASSWORD = "bi-secret"
 
@@ -58,6 +58,20 @@ def installed(
         yield settings, env, versions.Layout(base)
     finally:
         drop_installation(services.database_url.replace("+psycopg", ""), base)
+
+
+def _applied(services: Services, layout: versions.Layout) -> int:
+    """Events the live version of orders has applied (from the bi view of projection_status)."""
+    engine = create_engine(PostgresSettings(database_url_override=services.database_url), layout.base)
+    query = (
+        f'SELECT COALESCE(sum(events_applied), 0) FROM "{layout.bi}".projection_status '
+        "WHERE projection = 'orders'"
+    )
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text(query)).scalar_one())
+    finally:
+        engine.dispose()
 
 
 def _log(settings: Settings) -> list[tuple[str, int, int, EventEnvelope]]:
@@ -118,7 +132,13 @@ def test_rebuild_while_loadgen_runs_and_a_bi_reader_watches(
         text=True,
     )
     try:
-        time.sleep(8.0)
+        # The rebuild starts once the load flows through the live version (early: the load must outlast it).
+        eventually(
+            lambda: _applied(services, layout) >= 100,
+            timeout=120,
+            interval=0.2,
+            what="the live orders to apply 100 events",
+        )
         assert loadgen.poll() is None, "the load ended before the rebuild started"
         rebuilt = subprocess.run(
             [sys.executable, "-m", "esflow", "projection", "rebuild", "orders", "--lag-threshold", "20"],

@@ -76,7 +76,7 @@ def main(conninfo: str, schema: str, out_path: str) -> None:
             out.write(json.dumps(sample) + "\n")
             out.flush()
             samples += 1
-            time.sleep(0.02)
+            time.sleep(0.02)  # pacing the samples
     if conn is not None:
         conn.close()
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +33,7 @@ from esflow.readmodel.store import create_engine
 from esflow.settings import KafkaSettings, PostgresSettings, ProjectionSettings, TopicSettings
 from projections.registry import PROJECTIONS
 from tests.support.services import Services
+from tests.support.wait import eventually
 
 AGGREGATES = AGGREGATE_TYPES
 LogEntry = tuple[str, int, int, EventEnvelope]
@@ -250,6 +251,19 @@ class Harness:
                 codes.append(None)
         return codes
 
+    def served(self, name: str) -> list[int]:
+        """The versions ``name``'s workers serve, in log order, each once its Faust worker was ready.
+
+        A re-executed worker (a version switch) adds one; a worker still starting (which a SIGTERM would
+        kill before Faust handles signals) is not counted yet.
+        """
+        pattern = re.compile(rf"\b{re.escape(name)}: serving v(\d+)\b.*?\[\^Worker\]: Ready", re.DOTALL)
+        return [
+            int(m.group(1))
+            for p in sorted(self.logs.glob(f"{name}-*.log"))
+            for m in pattern.finditer(p.read_text(errors="replace"))
+        ]
+
     def log_text(self) -> str:
         """All worker logs (for assertion messages)."""
         return "\n".join(
@@ -271,18 +285,23 @@ class Harness:
 
     def wait_applied(self, expected: dict[str, int], timeout: float = 120) -> None:
         """Block until each projection has applied the expected number of events."""
-        deadline = time.monotonic() + timeout
-        while True:
-            done = {name: self.applied(name) for name in expected}
-            if done == expected:
-                return
+        done: dict[str, int] = {}
+
+        def check() -> bool:
+            done.update({name: self.applied(name) for name in expected})
             dead = [(n, p.returncode) for n, ps in self.workers.items() for p in ps if p.poll() is not None]
             assert not dead, f"workers exited: {dead}\n{self.log_text()}"
             for name, count in done.items():
                 assert count <= expected[name], f"{name} applied {count} > {expected[name]} events"
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out: applied {done}, expected {expected}\n{self.log_text()}")
-            time.sleep(0.5)
+            return done == expected
+
+        eventually(
+            check,
+            timeout=timeout,
+            interval=0.2,
+            what=f"applied counts {expected}",
+            details=lambda: f"applied {done}\n{self.log_text()}",
+        )
 
 
 def settings_for(harness: Harness) -> ProjectionSettings:

@@ -69,7 +69,7 @@ def test_read_models_stay_exact_through_kills_and_a_postgres_restart(
     pg_restarted = False
     try:
         while len(kills) < KILLS or not produced.is_set():
-            time.sleep(rng.uniform(1.0, 3.0))
+            time.sleep(rng.uniform(1.0, 3.0))  # a random moment for the next kill (chaos pacing)
             if len(kills) == KILLS // 2 and not pg_restarted and services.stack is not None:
                 services.stack.postgres.restart()
                 pg_restarted = True

@@ -22,6 +22,7 @@ from projections.daily_revenue import DailyRevenueProjection
 from tests.e2e.projections.bi_reader import problems, read_samples
 from tests.e2e.projections.expected import comparable, fold, read_tables
 from tests.e2e.projections.harness import Harness, LogEntry
+from tests.support.wait import eventually
 
 PASSWORD = "bi-secret"
 
@@ -39,7 +40,7 @@ class Load:
     def _run(self) -> None:
         while not self.stopped.is_set():
             self.log += self.harness.produce(self.workload.events(50))
-            time.sleep(0.25)
+            time.sleep(0.25)  # pacing the load, not waiting for anything
 
     def __enter__(self) -> Load:
         self.thread.start()
@@ -124,23 +125,37 @@ def test_rebuild_and_rollback_under_load_with_a_bi_reader(
     )
     try:
         with Load(harness, log):
-            time.sleep(1.0)
+            grown = len(log) + 100
+            eventually(lambda: len(log) >= grown, timeout=60, what="the load to produce events")
             rebuilt = _run(harness, "projection", "rebuild", "orders", "--lag-threshold", "20")
             assert rebuilt.returncode == 0, rebuilt.stderr + harness.log_text()
             assert "orders v2" in rebuilt.stdout and "live" in rebuilt.stdout, rebuilt.stdout
             assert _registry(harness, "orders") == {1: "standby", 2: "live"}
-            # The worker follows the switch: same pid, re-executed on v2.
-            time.sleep(6.0)
+            # The worker follows the switch: same pid, re-executed on v2, applying the load there.
+            v2 = harness.layout.version_schema("orders", 2)
+            at_switch = _applied(harness, v2)
+            eventually(
+                lambda: harness.served("orders") == [1, 2] and _applied(harness, v2) > at_switch,
+                timeout=60,
+                what="the worker to serve v2",
+                details=harness.log_text,
+            )
             assert worker.poll() is None, harness.log_text()
             status = _run(harness, "projection", "status", "orders")
             assert status.returncode == 0 and "v2   live" in status.stdout, status.stdout
-            time.sleep(2.0)
             back = _run(harness, "projection", "rollback", "orders")
             assert back.returncode == 0, back.stderr
             assert _registry(harness, "orders") == {1: "live", 2: "standby"}
-            time.sleep(2.0)
+            eventually(
+                lambda: harness.served("orders") == [1, 2, 1],
+                timeout=60,
+                what="the worker to serve v1 again",
+                details=harness.log_text,
+            )
         harness.wait_applied({"orders": _orders_expected(harness, log)}, timeout=120)
-        time.sleep(1.0)
+        # A few more BI samples of the final state.
+        taken = _lines(samples) + 5
+        eventually(lambda: _lines(samples) >= taken, timeout=30, what="BI samples after the load")
     finally:
         reader.send_signal(signal.SIGTERM)
         reader.wait(30)
@@ -181,12 +196,12 @@ def test_a_second_rebuild_is_refused_and_a_crashed_one_resumes(harness: Harness)
         stderr=subprocess.DEVNULL,
     )
     schema = harness.layout.version_schema("event_log", 2)
-    deadline = time.monotonic() + 60
-    while True:
-        assert time.monotonic() < deadline and first.poll() is None, "the rebuild ended before the kill"
-        if _registry(harness, "event_log").get(2) == "building" and _applied(harness, schema) > 0:
-            break
-        time.sleep(0.02)
+
+    def replaying() -> bool:
+        assert first.poll() is None, "the rebuild ended before the kill"
+        return _registry(harness, "event_log").get(2) == "building" and _applied(harness, schema) > 0
+
+    eventually(replaying, timeout=60, interval=0.02, what="the rebuild to commit a batch")
     first.send_signal(signal.SIGKILL)
     first.wait(30)
     assert _registry(harness, "event_log") == {1: "live", 2: "building"}
@@ -195,7 +210,12 @@ def test_a_second_rebuild_is_refused_and_a_crashed_one_resumes(harness: Harness)
     resumed = _run(harness, "projection", "rebuild", "event_log")
     assert resumed.returncode == 0, resumed.stderr
     assert _registry(harness, "event_log") == {1: "standby", 2: "live"}
-    time.sleep(4.0)  # the worker follows to v2
+    eventually(
+        lambda: harness.served("event_log") == [1, 2],
+        timeout=60,
+        what="the worker to follow to v2",
+        details=harness.log_text,
+    )
     harness.wait_applied({"event_log": len(log)}, timeout=60)
     with harness.db("event_log").connect() as conn:
         count, distinct = conn.execute(
@@ -203,6 +223,10 @@ def test_a_second_rebuild_is_refused_and_a_crashed_one_resumes(harness: Harness)
         ).one()
     assert count == distinct == len(log)
     assert harness.stop("event_log") == [0]
+
+
+def _lines(path: Path) -> int:
+    return path.read_text().count("\n") if path.exists() else 0
 
 
 def _applied(harness: Harness, schema: str) -> int:
@@ -264,16 +288,16 @@ def test_a_worker_of_new_code_refuses_an_old_version_or_rebuilds_it_when_configu
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from esflow.errors import EsflowError
-    from projections import cli
+    from projections import worker
     from projections.registry import PROJECTIONS
 
     log = harness.produce(Workload(seed=10).events(800))
     revised = _daily_revenue_v2(harness, monkeypatch, lambda ddl: ddl)
     monkeypatch.setitem(PROJECTIONS, "daily_revenue", revised)
     with pytest.raises(EsflowError, match="built by code version 1; this worker runs code version 2"):
-        cli._serving("daily_revenue", load_settings(), None)
+        worker.serving("daily_revenue", load_settings(), None)
     monkeypatch.setenv("ESFLOW_PROJECTION_AUTO_REBUILD", "true")
-    serving = cli._serving("daily_revenue", load_settings(), None)
+    serving = worker.serving("daily_revenue", load_settings(), None)
     assert (serving.version, serving.code_version, serving.state) == (2, 2, "live")
     assert _registry(harness, "daily_revenue") == {1: "standby", 2: "live"}
     _assert_equals_fold(harness, log, ("daily_revenue",))

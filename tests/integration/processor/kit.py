@@ -23,6 +23,7 @@ from esflow.messaging.kafka import consumer_config, producer_config
 from esflow.messaging.results import CommandResult, DeadLetterReport, answer_key, is_report_key
 from esflow.messaging.topics import apply, catalogue
 from esflow.settings import KafkaSettings, ProcessorSettings, TopicSettings
+from tests.support.wait import eventually
 
 CODEC = Codec.from_settings()
 
@@ -199,12 +200,13 @@ class Results:
 
     def wait(self, command_ids: Iterable[uuid.UUID], timeout: float = 60) -> dict[uuid.UUID, CommandResult]:
         wanted = set(command_ids)
-        deadline = time.monotonic() + timeout
-        while not wanted <= self.by_id.keys():
-            if time.monotonic() > deadline:
-                missing = len(wanted - self.by_id.keys())
-                raise AssertionError(f"{missing} of {len(wanted)} results missing after {timeout}s")
-            self.poll(0.2)
+        eventually(
+            lambda: wanted <= self.by_id.keys(),
+            timeout=timeout,
+            step=lambda: self.poll(0.2),
+            what="the command results",
+            details=lambda: f"{len(wanted - self.by_id.keys())} of {len(wanted)} results missing",
+        )
         return {cid: self.by_id[cid][-1] for cid in wanted}
 
     def poll(self, timeout: float) -> None:

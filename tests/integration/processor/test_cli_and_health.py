@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -12,6 +11,7 @@ from processors.metrics import Metrics
 from processors.processor import Processor
 from tests.integration.processor.kit import CODEC, Env, Results, Sender, envelope, open_account
 from tests.support.services import Services
+from tests.support.wait import eventually
 
 ESFLOW = str(Path(sys.executable).parent / "esflow")
 
@@ -42,17 +42,21 @@ def test_metrics_health_and_readiness(penv: Env, sender: Sender, results: Result
     try:
         assert _get(f"{base}/readyz")[0] == 503  # not started: no partitions, nothing restored
         proc.start()
-        deadline = time.monotonic() + 60
-        while not metrics.ready:
-            proc.run_once()
-            assert time.monotonic() < deadline
+        eventually(lambda: metrics.ready, timeout=60, step=proc.run_once, what="the processor to be ready")
         assert _get(f"{base}/readyz") == (200, "ready\n")
         assert _get(f"{base}/healthz") == (200, "ok\n")
         sent = sender.send([envelope(uuid.uuid4(), open_account()) for _ in range(5)])
-        while not {e.metadata.command_id for e in sent} <= results.by_id.keys():
+
+        def step() -> None:
             proc.run_once()
             results.poll(0)
-            assert time.monotonic() < deadline
+
+        eventually(
+            lambda: {e.metadata.command_id for e in sent} <= results.by_id.keys(),
+            timeout=60,
+            step=step,
+            what="the results of five commands",
+        )
         status, body = _get(f"{base}/metrics")
         assert status == 200
         assert 'esflow_processor_commands_total{aggregate="account",outcome="accepted",reason=""} 5.0' in body

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from typing import Any
 
@@ -23,6 +22,7 @@ from tests.integration.processor.kit import (
     open_account,
     read_all,
 )
+from tests.support.wait import eventually
 
 
 class _StaleGroupMetadata:
@@ -44,17 +44,6 @@ def _step(proc: Processor, results: Results) -> None:
     results.poll(0)
 
 
-def _until(predicate: Any, timeout: float, step: Any = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        if step is not None:
-            step()
-        else:
-            time.sleep(0.1)
-
-
 def test_a_zombie_cannot_commit(
     penv: Env, sender: Sender, results: Results, running: RunningFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -67,16 +56,22 @@ def test_a_zombie_cannot_commit(
     )  # fmt: skip
     zombie.start()
     try:
-        _until(
+        eventually(
             lambda: opened.metadata.command_id in results.by_id,
-            60,
-            lambda: _step(zombie, results),
+            timeout=60,
+            step=lambda: _step(zombie, results),
+            what="the zombie to answer the first command",
         )
         stale = zombie.consumer.consumer_group_metadata()
         # The zombie reads the next command, then stalls (a GC pause, a frozen VM) before committing it.
         dep = sender.send([envelope(acc, deposit(10))])[0]
         batch: list[Any] = []
-        _until(lambda: bool(batch), 30, lambda: batch.extend(zombie.consumer.consume(100, 0.2)))
+        eventually(
+            lambda: batch,
+            timeout=30,
+            step=lambda: batch.extend(zombie.consumer.consume(100, 0.2)),
+            what="the zombie to read the deposit",
+        )
         # Meanwhile the group moves on: the zombie misses max.poll.interval and a healthy instance
         # takes over its partitions and processes the same command.
         running(instance_id="healthy")

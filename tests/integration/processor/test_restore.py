@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 from confluent_kafka import KafkaException, Producer
@@ -21,6 +20,7 @@ from tests.integration.processor.kit import (
     open_account,
     withdraw,
 )
+from tests.support.wait import eventually
 
 
 def _first_run(
@@ -35,6 +35,8 @@ def _first_run(
     others = sender.send([envelope(uuid.uuid4(), open_account()) for _ in range(20)])
     results.wait([e.metadata.command_id for e in others])
     proc.stop()
+    # The instance reports not ready once it has closed: left the group, flushed its producer.
+    eventually(lambda: not proc.metrics.ready, timeout=60, what="the first instance to close")
     return acc, [e.metadata.command_id for e in sent]
 
 
@@ -64,7 +66,6 @@ def test_restart_restores_state_and_idempotency_window(
     penv: Env, sender: Sender, results: Results, running: RunningFactory
 ) -> None:
     acc, first = _first_run(sender, results, running)
-    time.sleep(0.5)
     second = running(instance_id="two")
     _replay(sender, results, acc, first)
     cache = next(
@@ -79,20 +80,15 @@ def test_restore_falls_back_to_the_event_log(
     penv: Env, sender: Sender, results: Results, running: RunningFactory, admin: AdminClient
 ) -> None:
     acc, first = _first_run(sender, results, running)
-    time.sleep(0.5)
     # Lose every account snapshot: the next instance must fold events.account instead.
     snapshots = penv.name("snapshots.account")
     admin.delete_topics([snapshots], operation_timeout=30)[snapshots].result(30)
     spec = [s for s in catalogue(penv.topics) if s.name == snapshots]
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            apply(admin, spec)
-            break
-        except (KafkaException, Exception):  # the deletion completes asynchronously
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    # The deletion completes asynchronously: re-creating the topic fails until it has.
+    eventually(
+        lambda: apply(admin, spec) or True, timeout=60, interval=0.2, retry_on=(KafkaException, Exception),
+        what="the snapshot topic to be re-created",
+    )  # fmt: skip
     running(instance_id="two")
     # Rejected commands appended nothing, so only accepted ones are rebuilt into the window.
     accepted = [cid for cid in first if results.by_id[cid][0].status == "accepted"]

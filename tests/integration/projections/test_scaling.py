@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import urllib.request
 
 import sqlalchemy as sa
@@ -10,20 +9,13 @@ import sqlalchemy as sa
 from ops.bench.projection_workload import Workload
 from ops.stack.proc import free_port
 from tests.e2e.projections.harness import Harness
+from tests.support.wait import eventually
 
 
 def _assignments(harness: Harness, group: str) -> list[int]:
     """Partitions per live member of the group."""
     result = harness.admin.describe_consumer_groups([group])[group].result(timeout=10)
     return sorted(len(m.assignment.topic_partitions) for m in result.members)
-
-
-def _wait(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
 
 
 def test_two_workers_split_partitions_and_the_survivor_takes_over(harness: Harness) -> None:
@@ -33,7 +25,12 @@ def test_two_workers_split_partitions_and_the_survivor_takes_over(harness: Harne
     first = harness.start("event_log")
     harness.start("event_log", ESFLOW_PROJECTION_METRICS_PORT=str(port))
     # 9 partitions (3 topics x 3) between two members.
-    _wait(lambda: _assignments(harness, group) == [4, 5], 60, "both workers to get partitions")
+    eventually(
+        lambda: _assignments(harness, group) == [4, 5],
+        timeout=60,
+        interval=0.2,
+        what="both workers to get partitions",
+    )
     workload = Workload(seed=51)
     log = harness.produce(workload.events(1500))
     harness.wait_applied({"event_log": len(log)}, timeout=90)

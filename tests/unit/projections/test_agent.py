@@ -53,7 +53,11 @@ def test_batches_reach_the_applier_in_order_and_one_at_a_time() -> None:
             while sum(len(b) for b in seen) < total and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
 
-    asyncio.run(scenario())
+    try:
+        asyncio.run(scenario())
+    finally:
+        built.remove_datadir()
+    assert built.datadir.parent.is_dir() and not built.datadir.exists()
     offsets = [o for batch in seen for o in batch]
     assert offsets == list(range(total))
     assert all(0 < len(batch) <= batch_size for batch in seen)

@@ -158,6 +158,7 @@ def test_the_faust_consumer_is_read_committed_and_checkpoint_seeking() -> None:
             return consumer, thread, created._isolation_level
         finally:
             await created.stop()
+            built.remove_datadir()
 
     consumer, thread, isolation = asyncio.run(scenario())
     assert isinstance(consumer, CheckpointSeekingConsumer)

@@ -1,0 +1,176 @@
+"""The life cycle of one projection worker (``esflow projector run NAME``).
+
+A worker serves one version of one projection: the live one, or a pinned one. When the live version
+was built by older code it refuses to start, or rebuilds first when auto-rebuild is configured. While
+it runs it polls the version registry; when another version goes live (a rebuild's or a rollback's
+switch) it finishes its batch through the normal graceful stop and re-executes itself on the new
+version: same pid, a fresh process image with a new Faust app and consumer group. Its Faust data
+directory (under the temporary directory) is removed whenever it stops normally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import sqlalchemy as sa
+
+from esflow import gctune
+from esflow.errors import EsflowError
+from esflow.readmodel import versions
+from esflow.readmodel.applier import is_transient
+from esflow.readmodel.store import create_engine
+from esflow.readmodel.versions import Version, VersionError
+from esflow.settings import Settings
+from projections.installation import base_engine, layout, read
+from projections.registry import PROJECTIONS
+
+log = logging.getLogger("esflow.projections")
+
+
+def command(name: str) -> list[str]:
+    """The command line that runs the worker of projection ``name`` (following its live version)."""
+    return [sys.executable, "-m", "esflow", "projector", "run", name]
+
+
+def serving(name: str, settings: Settings, pinned: int | None) -> Version:
+    """The version this worker serves: the pinned one, or the live one (rebuilt first if configured)."""
+    code = PROJECTIONS[name]().version
+    where = layout(settings)
+
+    def choose(conn: sa.Connection) -> Version:
+        if pinned is not None:
+            chosen = versions.get_version(conn, where, name, pinned)
+            if chosen.state not in ("live", "standby"):
+                raise VersionError(f"{name} v{pinned} is {chosen.state}; only live or standby can be served")
+            return chosen
+        live = versions.live_version(conn, where, name)
+        if live is None:
+            raise VersionError(f"projection {name} has no live version", hint="run `esflow db migrate`")
+        return live
+
+    # A worker (re)started while Postgres is down waits for it, as a running one does.
+    deadline = time.monotonic() + settings.projections.checkpoint_timeout_s
+    delay = settings.projections.retry_initial_s
+    while True:
+        try:
+            chosen = read(settings, "reading the projection versions", choose)
+            break
+        except EsflowError as exc:
+            cause = exc.__cause__
+            if not isinstance(cause, Exception) or not is_transient(cause) or time.monotonic() > deadline:
+                raise
+            log.warning("%s: Postgres not reachable, retrying in %.1fs: %s", name, delay, exc.message)
+            time.sleep(delay)
+            delay = min(delay * 2, settings.projections.retry_max_s)
+    if chosen.code_version == code:
+        return chosen
+    if pinned is None and settings.projections.auto_rebuild:
+        log.warning(
+            "%s: live v%d is code version %d, this worker is code version %d: rebuilding",
+            name, chosen.version, chosen.code_version, code,
+        )  # fmt: skip
+        from projections.rebuild import Rebuilder
+
+        with Rebuilder(name, settings) as rebuilder:
+            return rebuilder.rebuild()
+    raise VersionError(
+        f"{name} v{chosen.version} was built by code version {chosen.code_version}; this worker runs "
+        f"code version {code}",
+        hint=f"run `esflow projection rebuild {name}` (or set ESFLOW_PROJECTION_AUTO_REBUILD=true)",
+    )
+
+
+def _counting_worker(app: Any, loglevel: str) -> Any:
+    """A Faust worker that counts the stop signals it gets (a version switch sends itself one)."""
+    import faust
+
+    class Worker(faust.Worker):
+        stop_signals = 0
+
+        def _on_sigterm(self) -> None:
+            self.stop_signals += 1
+            super()._on_sigterm()
+
+        def _on_sigint(self) -> None:
+            self.stop_signals += 1
+            super()._on_sigint()
+
+    return Worker(app, loglevel=loglevel, quiet=True)
+
+
+def run(name: str, settings: Settings, pinned: int | None = None) -> None:
+    """Run projection ``name``'s Faust worker in this process until it is stopped (or switches version)."""
+    from esflow.messaging.codec import Codec
+    from esflow.readmodel.store import ProjectionStore
+    from projections import metrics, registry, runtime
+
+    level = os.environ.get("ESFLOW_LOG_LEVEL", "info")
+    # Until Faust sets up logging, the worker's own start-up lines (which version it serves) would be lost.
+    logging.basicConfig(level=level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    ps = settings.projections
+    served = serving(name, settings, pinned)
+    where = layout(settings)
+    engine = create_engine(settings.postgres, served.schema)
+    base = base_engine(settings)
+    store = ProjectionStore(engine)
+    built = runtime.build(
+        registry.get(name),
+        registry.EnvelopeDecoder(Codec.from_settings(settings.schemas)),
+        store,
+        kafka=settings.kafka,
+        topics=settings.topics,
+        settings=ps,
+        group_id=runtime.version_group(ps, name, served.version),
+    )
+    moved: list[int] = []
+
+    if pinned is None:
+
+        @built.app.timer(interval=ps.version_poll_s)  # type: ignore[untyped-decorator]
+        async def follow_live() -> None:
+            # Another version went live (a rebuild's or a rollback's switch): finish the batch in flight
+            # through the normal graceful stop, then re-execute on the new version.
+            def current() -> Version | None:
+                with base.connect() as conn:
+                    return versions.live_version(conn, where, name)
+
+            try:
+                live = await asyncio.to_thread(current)
+            except Exception as exc:  # Postgres down: the applier retries; keep serving meanwhile
+                log.warning("%s: cannot read the live version: %s", name, exc)
+                return
+            if live is not None and live.version != served.version and not moved:
+                log.warning(
+                    "%s: v%d is live now (this worker served v%d); switching",
+                    name,
+                    live.version,
+                    served.version,
+                )
+                moved.append(live.version)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    log.info("%s: serving v%d (%s)", name, served.version, served.schema)
+    if ps.metrics_port:
+        metrics.serve(ps.metrics_port)
+    gctune.tune_for_throughput()
+    worker = _counting_worker(built.app, level)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        built.applier.stop()
+        engine.dispose()
+        base.dispose()
+        built.remove_datadir()
+        if moved and worker.stop_signals > 1:
+            # Someone else asked it to stop while it was stopping for the switch: stop, do not re-execute.
+            log.warning("%s: stop requested while switching to v%d; not restarting", name, moved[0])
+        elif moved:
+            # Same pid, fresh process image: a new Faust app and consumer group for the new version.
+            argv = command(name)
+            os.execv(argv[0], argv)
