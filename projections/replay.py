@@ -22,9 +22,9 @@ Why it is fast (``ops/bench/rebuild.py`` measures it; the README has the figures
 
 - batches of ``batch_size`` events (50,000), taken with one ``poll()`` for the first record and
   ``consume(n)`` for the rest;
-- the cyclic garbage collector is paused for the run (:func:`_gc_paused`): with a batch of decoded
-  envelopes alive, its automatic passes took most of the decoding time; a full collection runs
-  every half minute instead;
+- the cyclic garbage collector is paused for the run (:func:`esflow.gctune.paused`): with a batch of
+  decoded envelopes alive, its automatic passes took most of the decoding time; a full collection
+  runs every half minute instead;
 - decoding (the codec) and the projections' folds are pure Python, so one process is bound by the GIL,
   and a thread that decodes ahead of the applying one made it slower, not faster. A large replay is therefore
   split by partition over a few forked processes (one per CPU, :func:`_shards`), each with its own
@@ -43,12 +43,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, TopicPartition
 
+from esflow import gctune
 from esflow.errors import KafkaOperationError, ProjectionError, ProjectionHalted, translate
 from esflow.messaging.kafka import consumer_config, watermarks
 from esflow.readmodel.applier import BatchApplier, Observer, Stopping
@@ -121,29 +122,6 @@ def _merge(report: ReplayProgress, done: _Applied) -> None:
     report.dead_lettered += done.dead_lettered
     report.checkpoints.update(done.checkpoints)
     report.lag.update(done.lag)
-
-
-_gc_lock = threading.Lock()
-_gc_depth = 0
-_gc_was_enabled = False
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause automatic garbage collection for the block (nested and concurrent uses are counted)."""
-    global _gc_depth, _gc_was_enabled
-    with _gc_lock:
-        if _gc_depth == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-        _gc_depth += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_depth -= 1
-            if _gc_depth == 0 and _gc_was_enabled:
-                gc.enable()
 
 
 @dataclass
@@ -272,7 +250,7 @@ class Replayer:
             )
 
         self._used_processes = len(shards)
-        with _gc_paused():
+        with gctune.paused():
             if len(shards) == 1:
                 return self._run_here(parts, goal, report, progress, stop, deadline, timed_out)
             return self._run_forked(shards, parts, goal, report, progress, stop, deadline, timed_out)

@@ -12,6 +12,7 @@ everything created at start-up (modules, schemas, compiled codecs) out of the co
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -27,6 +28,11 @@ def tune_for_throughput(young_threshold: int = YOUNG_THRESHOLD) -> None:
     gc.set_threshold(young_threshold, middle, old)
 
 
+_lock = threading.Lock()
+_depth = 0
+_was_enabled = False
+
+
 @contextmanager
 def paused() -> Iterator[None]:
     """No automatic collection inside the block: for a batch whose objects all die when it ends.
@@ -35,12 +41,19 @@ def paused() -> Iterator[None]:
     inside it traverses tens of thousands of objects only to find them all reachable (a noticeable share
     of the command processor's time). Deallocations count down the collector's young-generation
     counter, so once the batch's objects are freed the counter is back near what survived, and
-    collection resumes where it left off: cycles are still collected, between batches.
+    collection resumes where it left off: cycles are still collected, between batches. Nested and
+    concurrent blocks (the replayer's threads) are counted: collection resumes when the last one ends.
     """
-    was_enabled = gc.isenabled()
-    gc.disable()
+    global _depth, _was_enabled
+    with _lock:
+        if _depth == 0:
+            _was_enabled = gc.isenabled()
+            gc.disable()
+        _depth += 1
     try:
         yield
     finally:
-        if was_enabled:
-            gc.enable()
+        with _lock:
+            _depth -= 1
+            if _depth == 0 and _was_enabled:
+                gc.enable()
