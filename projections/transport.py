@@ -17,12 +17,12 @@ Postgres never committed (a crash, a halted partition) is read again instead of 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 import faust
+import tenacity
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from esflow.readmodel.projection import records_left
@@ -121,16 +121,18 @@ def with_timeout(source: CheckpointSource, timeout_s: float, retry_s: float = 1.
     never committed, so there is no fallback: giving up crashes the worker, which a supervisor restarts.
     """
 
+    def waiting(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        log.warning("reading checkpoints failed, retrying in %.1fs: %s", retry_s, exc)
+
     async def lookup(tps: set[tuple[str, int]]) -> Mapping[tuple[str, int], int]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            try:
-                return await source(tps)
-            except Exception as exc:
-                if loop.time() + retry_s > deadline:
-                    raise
-                log.warning("reading checkpoints failed, retrying in %.1fs: %s", retry_s, exc)
-                await asyncio.sleep(retry_s)
+        retrying = tenacity.AsyncRetrying(
+            wait=tenacity.wait_fixed(retry_s),
+            # No attempt that would start after the deadline, as the caller's timeout promises.
+            stop=tenacity.stop_before_delay(timeout_s),
+            before_sleep=waiting,
+            reraise=True,
+        )
+        return await retrying(source, tps)
 
     return lookup

@@ -15,10 +15,10 @@ import logging
 import os
 import signal
 import sys
-import time
 from typing import Any
 
 import sqlalchemy as sa
+import tenacity
 
 from esflow import gctune
 from esflow.errors import EsflowError
@@ -54,20 +54,24 @@ def serving(name: str, settings: Settings, pinned: int | None) -> Version:
             raise VersionError(f"projection {name} has no live version", hint="run `esflow db migrate`")
         return live
 
+    def outage(exc: BaseException) -> bool:
+        cause = exc.__cause__
+        return isinstance(exc, EsflowError) and isinstance(cause, Exception) and is_transient(cause)
+
+    def waiting(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        log.warning("%s: Postgres not reachable, retrying in %.1fs: %s", name, state.upcoming_sleep, exc)
+
     # A worker (re)started while Postgres is down waits for it, as a running one does.
-    deadline = time.monotonic() + settings.projections.checkpoint_timeout_s
-    delay = settings.projections.retry_initial_s
-    while True:
-        try:
-            chosen = read(settings, "reading the projection versions", choose)
-            break
-        except EsflowError as exc:
-            cause = exc.__cause__
-            if not isinstance(cause, Exception) or not is_transient(cause) or time.monotonic() > deadline:
-                raise
-            log.warning("%s: Postgres not reachable, retrying in %.1fs: %s", name, delay, exc.message)
-            time.sleep(delay)
-            delay = min(delay * 2, settings.projections.retry_max_s)
+    chosen: Version = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(outage),
+        wait=tenacity.wait_exponential(
+            multiplier=settings.projections.retry_initial_s, max=settings.projections.retry_max_s
+        ),
+        stop=tenacity.stop_after_delay(settings.projections.checkpoint_timeout_s),
+        before_sleep=waiting,
+        reraise=True,
+    )(read, settings, "reading the projection versions", choose)
     if chosen.code_version == code:
         return chosen
     if pinned is None and settings.projections.auto_rebuild:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import sqlalchemy.exc as sa_exc
+import tenacity
 
 from esflow.readmodel.projection import TP, Decoder, Item, Projection, RawEvent, prepare
 from esflow.readmodel.store import BatchResult, ProjectionStore
@@ -95,7 +96,8 @@ class BatchApplier:
         self.observer: Observer = observer or _NullObserver()
         self.halted: dict[TP, str] = {}
         self._stop = threading.Event()
-        self._sleep = sleep or self._stop.wait
+        # Waiting on the stop event, not time.sleep: a stop ends the back-off at once.
+        self._sleep: Callable[[float], object] = sleep or self._stop.wait
 
     def stop(self) -> None:
         """Make waiting retries give up (raising :class:`Stopping`) so the worker can shut down."""
@@ -121,29 +123,46 @@ class BatchApplier:
         return result
 
     def _with_retries(self, items: Sequence[Item], lag: Mapping[TP, int] | None) -> BatchResult:
-        delay = self.settings.retry_initial_s
-        while True:
-            if self._stop.is_set():
-                raise Stopping(f"projection {self.projection.name} is stopping")
-            try:
-                return self.store.apply(
-                    self.projection,
-                    items,
-                    halt_on_bad_input=self.settings.on_bad_input == "halt",
-                    lag=lag,
-                )
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise _Permanent(exc) from exc
-                self.observer.retried(self.projection.name, exc)
-                log.warning(
-                    "projection %s: batch failed, retrying in %.1fs: %s",
-                    self.projection.name,
-                    delay,
-                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-                )
-                self._sleep(delay)
-                delay = min(delay * 2, self.settings.retry_max_s)
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(is_transient),
+            wait=tenacity.wait_exponential(
+                multiplier=self.settings.retry_initial_s, max=self.settings.retry_max_s
+            ),
+            sleep=self._pause,
+            before_sleep=self._retrying,
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    if self._stop.is_set():
+                        raise Stopping(f"projection {self.projection.name} is stopping")
+                    return self.store.apply(
+                        self.projection,
+                        items,
+                        halt_on_bad_input=self.settings.on_bad_input == "halt",
+                        lag=lag,
+                    )
+        except Stopping:
+            raise
+        except Exception as exc:  # not transient: retrying the whole batch cannot help
+            raise _Permanent(exc) from exc
+        raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
+
+    def _pause(self, seconds: float) -> None:
+        self._sleep(seconds)
+
+    def _retrying(self, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if exc is None:  # pragma: no cover - only failed attempts are retried
+            return
+        self.observer.retried(self.projection.name, exc)
+        log.warning(
+            "projection %s: batch failed, retrying in %.1fs: %s",
+            self.projection.name,
+            state.upcoming_sleep,
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+        )
 
     def _partition_by_partition(
         self, items: Sequence[Item], lag: Mapping[TP, int] | None, first: BaseException
