@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-from ops.stack.proc import free_port
+from tests.support.stack_env import own_stack_env
 
 
 def test_demo_runs_twice_and_leaves_nothing_running(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ESFLOW_")}
-    env.update(
-        ESFLOW_STACK_DIR=str(tmp_path / "stack"),
-        ESFLOW_KAFKA_PORT=str(free_port()),
-        ESFLOW_KAFKA_CONTROLLER_PORT=str(free_port()),
-        ESFLOW_PG_PORT=str(free_port()),
-        ESFLOW_TOPIC_PARTITIONS="3",
-    )
+    env = own_stack_env(tmp_path)
     argv = [sys.executable, "-m", "esflow", "demo", "--commands", "600", "--rate", "300"]
     try:
         for run in (1, 2):

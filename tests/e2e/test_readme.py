@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from ops.stack.proc import free_port
 from tests.readme import runnable_script, shell_blocks
+from tests.support.stack_env import own_stack_env
 
 DEMO_ARGS = ["--commands", "300", "--rate", "150"]
 
@@ -51,14 +51,7 @@ def _fake_venv(root: Path) -> None:
 
 
 def test_demo_keep_running_then_every_readme_example(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ESFLOW_")}
-    env.update(
-        ESFLOW_STACK_DIR=str(tmp_path / "stack"),
-        ESFLOW_KAFKA_PORT=str(free_port()),
-        ESFLOW_KAFKA_CONTROLLER_PORT=str(free_port()),
-        ESFLOW_PG_PORT=str(free_port()),
-        ESFLOW_TOPIC_PARTITIONS="3",
-    )
+    env = own_stack_env(tmp_path)
     play = _play_command()
     assert play == [".venv/bin/esflow", "demo", "--keep-running"]
     user = tmp_path / "repo"
