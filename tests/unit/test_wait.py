@@ -13,8 +13,8 @@ from tests.support.wait import eventually
 def test_returns_the_first_truthy_value_without_waiting_longer() -> None:
     values = iter([0, None, "", 7, 8])
     started = time.monotonic()
-    assert eventually(lambda: next(values), interval=0.01) == 7
-    assert time.monotonic() - started < 1.0
+    assert eventually(lambda: next(values), timeout=60, interval=0.01) == 7
+    assert time.monotonic() - started < 60  # returned on the value, not at the deadline
     assert next(values) == 8  # not called again once it held
 
 
@@ -26,7 +26,7 @@ def test_times_out_with_the_last_value_and_the_details() -> None:
             lambda: [next(calls)][:0], timeout=0.2, interval=0.01, what="a list", details=lambda: "tail"
         )
     elapsed = time.monotonic() - started
-    assert 0.2 <= elapsed < 2.0
+    assert elapsed >= 0.2
     text = str(raised.value)
     assert "waiting for a list; last value: []" in text
     assert text.endswith("\ntail")
@@ -49,8 +49,8 @@ def test_listed_exceptions_mean_not_yet_and_others_propagate_at_once() -> None:
 
     started = time.monotonic()
     with pytest.raises(ValueError, match="dead worker"):
-        eventually(broken, timeout=30, retry_on=(ConnectionError,))
-    assert time.monotonic() - started < 1.0
+        eventually(broken, timeout=60, retry_on=(ConnectionError,))
+    assert time.monotonic() - started < 60  # raised at once, not at the deadline
 
     def refused() -> bool:
         raise ConnectionError("refused")
