@@ -78,7 +78,9 @@ def require_processor(
 
 def _describe(settings: Settings, group: str, timeout_s: float) -> ConsumerGroupDescription | None:
     """The group's description (None when the broker knows no such group), retrying a moving coordinator."""
-    admin = admin_client(settings.kafka)
+    # Only librdkafka's critical messages: the CLI's answer is one line, and the client's own log lines
+    # (a purged background queue at close, a refused connection) would be printed around it.
+    admin = admin_client(settings.kafka, log_level=2)
     deadline = time.monotonic() + timeout_s
     with translated(f"asking Kafka about the command processor's group {group}"):
         while True:

@@ -91,9 +91,9 @@ def consumer_config(kafka: KafkaSettings, group_id: str, **overrides: Any) -> di
     }
 
 
-def admin_client(kafka: KafkaSettings) -> AdminClient:
-    """An AdminClient for the configured cluster."""
-    return AdminClient(common_config(kafka))
+def admin_client(kafka: KafkaSettings, **overrides: Any) -> AdminClient:
+    """An AdminClient for the configured cluster (``overrides``: librdkafka properties)."""
+    return AdminClient({**common_config(kafka), **overrides})
 
 
 def partition_for(key: bytes, partitions: int) -> int:
