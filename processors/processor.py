@@ -88,6 +88,9 @@ DLQ_OFFSET = "esflow-dlq-offset"
 DLQ_PROCESSOR = "esflow-dlq-processor"
 
 
+RENEWALS_MAX = 3
+"""Producer replacements after fatal errors allowed within RENEWALS_WINDOW_S before the instance stops."""
+RENEWALS_WINDOW_S = 600.0
 SEND_OFFSETS_TIMEOUT_S = 30.0
 """The timeout handed to ``send_offsets_to_transaction``."""
 SEND_OFFSETS_GRACE_S = 15.0
@@ -244,6 +247,8 @@ class Processor:
         self._last_lag = 0.0
         self.committed_batches = 0
         self.aborted_batches = 0
+        self._renewals: list[float] = []
+        """When the producer was last replaced after fatal errors (monotonic seconds)."""
 
     # ------------------------------------------------------------------------------ life cycle
 
@@ -482,18 +487,26 @@ class Processor:
         time.sleep(min(1.0, 0.05 * self.aborted_batches))
 
     def _renew_producer(self, err: KafkaError, exc: KafkaException) -> None:
-        """Replace a producer whose transaction failed fatally, unless another instance fenced it.
+        """Replace a producer whose transaction failed fatally, unless that keeps happening.
 
-        Fatal is not always fenced: after a transaction coordinator fails over, the new one may answer
-        the abort of a transaction it never saw (or already aborted on timeout) with INVALID_TXN_STATE,
-        which librdkafka makes fatal. A new producer's init_transactions settles whatever is open;
-        the consumer is then rewound like after any abort.
+        Fatal is not always another instance: after a transaction coordinator fails over, the new one may
+        answer the abort of a transaction it never saw with INVALID_TXN_STATE, and a coordinator that
+        aborted a transaction on timeout bumps the epoch, so the abort is answered as fenced (_FENCED).
+        Both were seen on a 3-node cluster under broker kills. A new producer's init_transactions settles
+        whatever is open; the consumer is then rewound like after any abort. Exactly-once does not rest on
+        this choice (epochs and group generations still fence a zombie); only liveness does. An instance
+        that really shares its transactional id with another would be fenced again and again: after
+        RENEWALS_MAX renewals within RENEWALS_WINDOW_S it stops.
         """
-        if producer_fenced(err):
-            raise ProcessorFenced(
-                f"transactional producer {self.settings.transactional_id} was fenced: {err.str()}",
-                hint="another instance with the same ESFLOW_PROCESSOR_INSTANCE_ID took over; this one stops",
-            ) from exc
+        now = time.monotonic()
+        self._renewals = [t for t in self._renewals if now - t < RENEWALS_WINDOW_S] + [now]
+        if len(self._renewals) > RENEWALS_MAX:
+            if producer_fenced(err):
+                raise ProcessorFenced(
+                    f"transactional producer {self.settings.transactional_id} was fenced: {err.str()}",
+                    hint="another instance uses the same ESFLOW_PROCESSOR_INSTANCE_ID; this one stops",
+                ) from exc
+            raise ProcessorError(f"transactional producer keeps failing fatally: {err.str()}") from exc
         log.warning("transactional producer failed fatally (%s); replacing it", err.str())
         # The new producer's init_transactions fences the old one (aborting its transaction); the old one
         # is destroyed once nothing holds it (a blocked send_offsets call keeps it until it returns).
