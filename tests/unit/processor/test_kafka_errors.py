@@ -2,8 +2,10 @@
 
 Seen on a 3-node cluster (tests/e2e/test_cluster_chaos.py): after the transaction coordinator was
 SIGKILLed, the new coordinator answered the abort with INVALID_TXN_STATE, which librdkafka makes fatal;
-the processor took it for fencing and exited. Only fencing codes may stop it. In another run the
-processor blocked for good inside send_offsets_to_transaction, past the timeout it had passed.
+the processor took it for fencing and exited; in another the abort came back _FENCED because the
+coordinator had aborted the timed-out transaction with an epoch bump, though no other instance existed.
+So the producer is replaced after a fatal error, and only an instance fenced again and again stops. In a
+third run the processor blocked for good inside send_offsets_to_transaction, past its own timeout.
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ import time
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
+from esflow.errors import ProcessorError, ProcessorFenced
+from esflow.messaging.codec import Codec
+from esflow.settings import KafkaSettings, ProcessorSettings, TopicSettings
 from processors import processor
-from processors.processor import Processor, offset_fetch_retriable, producer_fenced
+from processors.processor import RENEWALS_MAX, Processor, offset_fetch_retriable, producer_fenced
 
 
 @pytest.mark.parametrize(
     "code", [KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH]
 )
-def test_fencing_codes_stop_the_instance(code: int) -> None:
+def test_fencing_codes_are_told_apart(code: int) -> None:
     assert producer_fenced(KafkaError(code, fatal=True))
 
 
@@ -29,7 +34,6 @@ def test_fencing_codes_stop_the_instance(code: int) -> None:
     "code", [KafkaError.INVALID_TXN_STATE, KafkaError._TIMED_OUT, KafkaError.UNKNOWN_PRODUCER_ID]
 )
 def test_other_fatal_errors_are_not_fencing(code: int) -> None:
-    # A fresh producer's init_transactions settles these; stopping would leave the partitions unserved.
     assert not producer_fenced(KafkaError(code, fatal=True))
 
 
@@ -81,3 +85,33 @@ def test_a_blocked_send_offsets_becomes_a_fatal_error(monkeypatch: pytest.Monkey
     err = caught.value.args[0]
     assert err.fatal() and not producer_fenced(err)
     assert time.monotonic() - started < 5
+
+
+def _unstarted(monkeypatch: pytest.MonkeyPatch) -> tuple[Processor, list[object]]:
+    proc = Processor(KafkaSettings(), TopicSettings(), ProcessorSettings(), Codec.from_settings())
+    made: list[object] = []
+
+    def new_producer() -> object:
+        made.append(object())  # what init_transactions would return; no broker is involved here
+        return made[-1]
+
+    monkeypatch.setattr(proc, "_new_producer", new_producer)
+    return proc, made
+
+
+@pytest.mark.parametrize(
+    ("code", "stops_with"),
+    [(KafkaError._FENCED, ProcessorFenced), (KafkaError.INVALID_TXN_STATE, ProcessorError)],
+)
+def test_the_producer_is_replaced_until_it_keeps_failing(
+    monkeypatch: pytest.MonkeyPatch, code: int, stops_with: type[Exception]
+) -> None:
+    proc, made = _unstarted(monkeypatch)
+    err = KafkaError(code, fatal=True)
+    for _ in range(RENEWALS_MAX):
+        proc._renew_producer(err, KafkaException(err))
+    assert len(made) == RENEWALS_MAX and proc._producer is made[-1]
+    with pytest.raises(ProcessorError) as stopped:
+        proc._renew_producer(err, KafkaException(err))
+    assert type(stopped.value) is stops_with  # ProcessorFenced is a ProcessorError: compare exactly
+    assert len(made) == RENEWALS_MAX
