@@ -414,11 +414,11 @@ class Processor:
         """``send_offsets_to_transaction``, given up on (as a fatal error) if it outlives its own timeout.
 
         librdkafka 2.16 can block here for good: the TxnOffsetCommit goes through its coordinator-request
-        state machine, which never enforces its timeout and, when the cached group coordinator's node was
-        killed, waits for a broker state change that does not come (the cause of the processor answering
-        nothing after a controller kill on a 3-node cluster; cf. confluentinc/librdkafka#3847). The call
-        therefore runs in a thread; if it is still blocked, the producer is left to that thread (destroying
-        it mid-call is unsafe) and the fatal error makes :meth:`_abort` replace it.
+        state machine (rdkafka_coord.c), which sets a timeout it never checks and, when the cached group
+        coordinator's node was killed, waits for a broker state change that does not come (cf. the open
+        confluentinc/librdkafka#3847). On a 3-node cluster that was the processor answering nothing after
+        a broker kill. The call therefore runs in a thread; if it is still blocked, the producer is left to
+        that thread (destroying it mid-call is unsafe) and the fatal error makes :meth:`_abort` replace it.
         """
         failure: list[KafkaException] = []
 
@@ -997,7 +997,8 @@ class Processor:
         return {self.topics.commands(a): counts[self.topics.commands(a)] for a in self.topics.aggregate_types}
 
 
-# Fatal producer errors that mean another producer with our transactional.id took over.
+# Fatal producer errors that say another producer with our transactional.id took over (or, as seen after a
+# coordinator aborted our timed-out transaction, that the epoch was bumped without one).
 _FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
 
 
