@@ -88,6 +88,15 @@ DLQ_OFFSET = "esflow-dlq-offset"
 DLQ_PROCESSOR = "esflow-dlq-processor"
 
 
+RENEWALS_MAX = 3
+"""Producer replacements after fatal errors allowed within RENEWALS_WINDOW_S before the instance stops."""
+RENEWALS_WINDOW_S = 600.0
+SEND_OFFSETS_TIMEOUT_S = 30.0
+"""The timeout handed to ``send_offsets_to_transaction``."""
+SEND_OFFSETS_GRACE_S = 15.0
+"""How long past that timeout the call may still block before the producer is replaced."""
+
+
 @dataclass(frozen=True)
 class Topics:
     """The topics one processor group reads and writes: names from :mod:`esflow.messaging.topics`."""
@@ -238,6 +247,8 @@ class Processor:
         self._last_lag = 0.0
         self.committed_batches = 0
         self.aborted_batches = 0
+        self._renewals: list[float] = []
+        """When the producer was last replaced after fatal errors (monotonic seconds)."""
 
     # ------------------------------------------------------------------------------ life cycle
 
@@ -253,25 +264,7 @@ class Processor:
     def start(self) -> None:
         """Check the topics, fence predecessors (``init_transactions``) and join the group."""
         self._partitions = self._check_topics()
-        self._producer = Producer(
-            transactional_producer_config(
-                self.kafka,
-                self.settings.transactional_id,
-                **{
-                    "client.id": f"esflow-processor-{self.settings.instance_id}",
-                    "transaction.timeout.ms": self.settings.transaction_timeout_ms,
-                    "linger.ms": 2,
-                    # No compression: aiokafka (the projections) needs extra packages to read lz4/zstd
-                    # batches, and measured throughput did not improve with lz4.
-                    "batch.num.messages": 10000,
-                    "queue.buffering.max.messages": 500000,
-                },
-            )
-        )
-        try:
-            self._producer.init_transactions(60)
-        except KafkaException as exc:
-            raise ProcessorError(f"init_transactions failed: {exc.args[0].str()}") from exc
+        self._producer = self._new_producer()
         overrides: dict[str, Any] = {
             "client.id": f"esflow-processor-{self.settings.instance_id}",
             "session.timeout.ms": self.settings.session_timeout_ms,
@@ -292,6 +285,29 @@ class Processor:
             on_lost=self._on_lost,
         )
 
+    def _new_producer(self) -> Producer:
+        """The transactional producer, initialised: fences any predecessor and settles its transaction."""
+        producer = Producer(
+            transactional_producer_config(
+                self.kafka,
+                self.settings.transactional_id,
+                **{
+                    "client.id": f"esflow-processor-{self.settings.instance_id}",
+                    "transaction.timeout.ms": self.settings.transaction_timeout_ms,
+                    "linger.ms": 2,
+                    # No compression: aiokafka (the projections) needs extra packages to read lz4/zstd
+                    # batches, and measured throughput did not improve with lz4.
+                    "batch.num.messages": 10000,
+                    "queue.buffering.max.messages": 500000,
+                },
+            )
+        )
+        try:
+            producer.init_transactions(60)
+        except KafkaException as exc:
+            raise ProcessorError(f"init_transactions failed: {exc.args[0].str()}") from exc
+        return producer
+
     def close(self) -> None:
         """Leave the group and release the clients (no transaction is open between batches)."""
         if self._consumer is not None:
@@ -301,7 +317,10 @@ class Processor:
                 log.warning("consumer close failed: %s", exc)
             self._consumer = None
         if self._producer is not None:
-            self._producer.flush(10)
+            try:
+                self._producer.flush(10)
+            except KafkaException as exc:  # a producer in fatal state: nothing left to deliver
+                log.warning("producer flush failed: %s", exc)
             self._producer = None
         self.metrics.ready = False
 
@@ -370,7 +389,7 @@ class Processor:
                 raise KafkaException(batch.delivery_error)
             self._produce_answers(batch)
             offsets = [TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()]
-            producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
+            self._send_offsets(producer, offsets, consumer.consumer_group_metadata())
             self._commit(producer)
         except KafkaException as exc:
             self._abort(exc)
@@ -389,6 +408,40 @@ class Processor:
         self.metrics.transactions.labels("committed").inc()
         self.metrics.transaction_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(batch.size)
+
+    @staticmethod
+    def _send_offsets(producer: Producer, offsets: list[TopicPartition], group: Any) -> None:
+        """``send_offsets_to_transaction``, given up on (as a fatal error) if it outlives its own timeout.
+
+        librdkafka 2.16 can block here for good: the TxnOffsetCommit goes through its coordinator-request
+        state machine (rdkafka_coord.c), which sets a timeout it never checks and, when the cached group
+        coordinator's node was killed, waits for a broker state change that does not come (cf. the open
+        confluentinc/librdkafka#3847). On a 3-node cluster that was the processor answering nothing after
+        a broker kill. The call therefore runs in a thread; if it is still blocked, the producer is left to
+        that thread (destroying it mid-call is unsafe) and the fatal error makes :meth:`_abort` replace it.
+        """
+        failure: list[KafkaException] = []
+
+        def call() -> None:
+            try:
+                producer.send_offsets_to_transaction(offsets, group, SEND_OFFSETS_TIMEOUT_S)
+            except KafkaException as exc:
+                failure.append(exc)
+
+        worker = threading.Thread(target=call, name="esflow-send-offsets", daemon=True)
+        worker.start()
+        worker.join(SEND_OFFSETS_TIMEOUT_S + SEND_OFFSETS_GRACE_S)
+        if worker.is_alive():
+            raise KafkaException(
+                KafkaError(
+                    KafkaError._TIMED_OUT,
+                    f"send_offsets_to_transaction still blocked after "
+                    f"{SEND_OFFSETS_TIMEOUT_S + SEND_OFFSETS_GRACE_S:.0f} s",
+                    fatal=True,
+                )
+            )
+        if failure:
+            raise failure[0]
 
     @staticmethod
     def _commit(producer: Producer) -> None:
@@ -419,20 +472,46 @@ class Processor:
         self.aborted_batches += 1
         self.metrics.transactions.labels("aborted").inc()
         if err.fatal():
-            raise ProcessorFenced(
-                f"transactional producer {self.settings.transactional_id} failed fatally: {err.str()}",
-                hint="another instance with the same ESFLOW_PROCESSOR_INSTANCE_ID took over; this one stops",
-            ) from exc
-        log.warning("aborting the batch (%s); rewinding to the committed offsets", err.str())
-        try:
-            producer.abort_transaction(60)
-        except KafkaException as abort_exc:
-            if abort_exc.args[0].fatal():
-                raise ProcessorFenced(f"abort_transaction failed fatally: {abort_exc.args[0].str()}") from exc
-            raise ProcessorError(f"abort_transaction failed: {abort_exc.args[0].str()}") from exc
+            self._renew_producer(err, exc)
+        else:
+            log.warning("aborting the batch (%s); rewinding to the committed offsets", err.str())
+            try:
+                producer.abort_transaction(60)
+            except KafkaException as abort_exc:
+                abort_err: KafkaError = abort_exc.args[0]
+                if not abort_err.fatal():
+                    raise ProcessorError(f"abort_transaction failed: {abort_err.str()}") from exc
+                self._renew_producer(abort_err, exc)
         self._rewind()
         # A broker-side refusal can repeat; do not spin on it.
         time.sleep(min(1.0, 0.05 * self.aborted_batches))
+
+    def _renew_producer(self, err: KafkaError, exc: KafkaException) -> None:
+        """Replace a producer whose transaction failed fatally, unless that keeps happening.
+
+        Fatal is not always another instance: after a transaction coordinator fails over, the new one may
+        answer the abort of a transaction it never saw with INVALID_TXN_STATE, and a coordinator that
+        aborted a transaction on timeout bumps the epoch, so the abort is answered as fenced (_FENCED).
+        Both were seen on a 3-node cluster under broker kills. A new producer's init_transactions settles
+        whatever is open; the consumer is then rewound like after any abort. Exactly-once does not rest on
+        this choice (epochs and group generations still fence a zombie); only liveness does. An instance
+        that really shares its transactional id with another would be fenced again and again: after
+        RENEWALS_MAX renewals within RENEWALS_WINDOW_S it stops.
+        """
+        now = time.monotonic()
+        self._renewals = [t for t in self._renewals if now - t < RENEWALS_WINDOW_S] + [now]
+        if len(self._renewals) > RENEWALS_MAX:
+            if producer_fenced(err):
+                raise ProcessorFenced(
+                    f"transactional producer {self.settings.transactional_id} was fenced: {err.str()}",
+                    hint="another instance uses the same ESFLOW_PROCESSOR_INSTANCE_ID; this one stops",
+                ) from exc
+            raise ProcessorError(f"transactional producer keeps failing fatally: {err.str()}") from exc
+        log.warning("transactional producer failed fatally (%s); replacing it", err.str())
+        # The new producer's init_transactions fences the old one (aborting its transaction); the old one
+        # is destroyed once nothing holds it (a blocked send_offsets call keeps it until it returns).
+        self._producer = None
+        self._producer = self._new_producer()
 
     def _rewind(self) -> None:
         """Seek every assigned partition back to its committed offset (the cache is already there)."""
@@ -440,9 +519,7 @@ class Processor:
         assignment = consumer.assignment()
         if not assignment:
             return
-        for tp in consumer.committed(assignment, timeout=30):
-            if tp.offset < 0:
-                tp.offset = OFFSET_BEGINNING
+        for tp in self._committed(assignment, 60):
             try:
                 consumer.seek(tp)
             except KafkaException as exc:
@@ -450,6 +527,30 @@ class Processor:
                 raise ProcessorError(
                     f"cannot rewind {tp.topic}[{tp.partition}]: {exc.args[0].str()}"
                 ) from exc
+
+    def _committed(self, partitions: Sequence[TopicPartition], timeout_s: float) -> list[TopicPartition]:
+        """The group's committed offsets for ``partitions`` (the beginning where none).
+
+        Waits out a moving group coordinator or a previous owner's open transaction, up to ``timeout_s``.
+        """
+        consumer = self._require_consumer()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            wanted = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+            try:
+                found = consumer.committed(wanted, timeout=max(1.0, deadline - time.monotonic()))
+                errors = [tp.error for tp in found if tp.error is not None]
+            except KafkaException as exc:
+                errors = [exc.args[0]]
+            if not errors:
+                for tp in found:
+                    if tp.offset < 0:
+                        tp.offset = OFFSET_BEGINNING
+                return found
+            if not all(offset_fetch_retriable(e) for e in errors) or time.monotonic() >= deadline:
+                raise ProcessorError(f"cannot read the committed offsets: {errors[0].str()}")
+            log.warning("reading the committed offsets failed (%s); retrying", errors[0].str())
+            time.sleep(0.2)  # the coordinator lookup librdkafka started needs a moment
 
     # ------------------------------------------------------------------------------ one command
 
@@ -791,6 +892,12 @@ class Processor:
                 progress=self.metrics.restore_records.inc,
             )
             self._caches[(tp.topic, tp.partition)] = cache
+        # Start from explicit committed offsets instead of letting librdkafka fetch them: its own
+        # OffsetFetch, answered NOT_COORDINATOR by a group coordinator that just moved (a node killed),
+        # leaves the partitions unfetched for good (confluentinc/librdkafka#5586, 2.16 included), and
+        # the processor then waits forever without an error. committed() reports that error, so retry it.
+        if partitions:
+            consumer.assign(self._committed(partitions, self.settings.restore_timeout_s))
         elapsed = time.perf_counter() - started
         self.metrics.restore_seconds.set(elapsed)
         self._refresh_gauges()
@@ -888,6 +995,37 @@ class Processor:
                     hint="the catalogue declares equal partition counts; migrate the odd topic",
                 )
         return {self.topics.commands(a): counts[self.topics.commands(a)] for a in self.topics.aggregate_types}
+
+
+# Fatal producer errors that say another producer with our transactional.id took over (or, as seen after a
+# coordinator aborted our timed-out transaction, that the epoch was bumped without one).
+_FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
+
+
+def producer_fenced(err: KafkaError) -> bool:
+    """True if a fatal producer error means another instance took over (see _FENCED)."""
+    return err.code() in _FENCED
+
+
+# Errors of an offset fetch that the next attempt can get past: the group coordinator moved or is loading
+# the group, the request timed out, or a transaction still holds the offsets (KIP-447).
+_OFFSET_FETCH_RETRIABLE = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.UNSTABLE_OFFSET_COMMIT,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError._WAIT_COORD,
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
+    }
+)
+
+
+def offset_fetch_retriable(err: KafkaError) -> bool:
+    """True if reading committed offsets failed with ``err`` only for now (see _OFFSET_FETCH_RETRIABLE)."""
+    return err.code() in _OFFSET_FETCH_RETRIABLE or err.retriable()
 
 
 def _where(message: Message) -> tuple[str, int, int]:
