@@ -45,6 +45,14 @@ from tests.integration.processor.kit import Env, processor_env
 
 COMMANDS = int(os.environ.get("ESFLOW_CHAOS_COMMANDS", "10000"))
 
+# Opt-in for now: the processor's three ways of stopping under broker kills are fixed (docs/operations.md,
+# "Losing a broker") and the test has passed 5 runs in a row since, on a loaded box, but it is new and
+# one flaky run would block every landing; it joins the default run once it has a longer record.
+# Run it with ESFLOW_CLUSTER_CHAOS=1 (2-5 min on 2 cores).
+pytestmark = pytest.mark.skipif(
+    os.environ.get("ESFLOW_CLUSTER_CHAOS", "") in ("", "0"),
+    reason="cluster chaos is opt-in (ESFLOW_CLUSTER_CHAOS=1): see the module's note",
+)
 RATE = float(os.environ.get("ESFLOW_CHAOS_RATE", "250"))
 
 
