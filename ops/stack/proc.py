@@ -51,6 +51,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def free_port_range(count: int, host: str = "127.0.0.1") -> int:
+    """A base port with ``count`` consecutive free ports from it (a cluster: brokers, then controllers)."""
+    for _ in range(50):
+        base = free_port(host)
+        if base + count < 65535 and all(port_is_free(host, base + i) for i in range(count)):
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports found")
+
+
 def read_pid(pid_file: Path) -> int | None:
     """The pid stored in ``pid_file`` (first line), or None when there is no usable file."""
     try:

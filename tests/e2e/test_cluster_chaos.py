@@ -33,7 +33,7 @@ from esflow.messaging.results import CommandResult
 from esflow.settings import KafkaSettings, PostgresSettings, StackSettings
 from ops.stack.kafka import KafkaServer
 from ops.stack.manager import Stack
-from ops.stack.proc import free_port, port_is_free, process_cmdline, wait_until
+from ops.stack.proc import free_port, free_port_range, process_cmdline, wait_until
 from tests.e2e.processor.harness import (
     EventWatcher,
     ProcessorProcess,
@@ -56,19 +56,11 @@ pytestmark = pytest.mark.skipif(
 RATE = float(os.environ.get("ESFLOW_CHAOS_RATE", "250"))
 
 
-def _consecutive_free_ports(count: int) -> int:
-    for _ in range(50):
-        base = free_port()
-        if base + count < 65535 and all(port_is_free("127.0.0.1", base + i) for i in range(count)):
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports found")
-
-
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Stack]:
     stack = Stack(
         StackSettings(stack_dir=tmp_path / "stack", start_timeout_s=180),
-        KafkaSettings(port=_consecutive_free_ports(6), heap_opts="-Xms128m -Xmx512m"),
+        KafkaSettings(port=free_port_range(6), heap_opts="-Xms128m -Xmx512m"),
         PostgresSettings(port=free_port()),
         brokers=3,
     )

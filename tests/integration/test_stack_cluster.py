@@ -12,18 +12,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
-from ops.stack.proc import free_port, port_is_free
+from ops.stack.proc import free_port, free_port_range
 
 ESFLOW = [sys.executable, "-m", "esflow"]
-
-
-def _consecutive_free_ports(count: int) -> int:
-    """A base port with ``count`` free ports from it (three brokers, then three controllers)."""
-    for _ in range(50):
-        base = free_port()
-        if base + count < 65535 and all(port_is_free("127.0.0.1", base + i) for i in range(count)):
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports found")
 
 
 def _run(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -38,7 +29,7 @@ def cluster_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     # No controller port: the controllers take the three ports after the brokers'.
     env.update(
         ESFLOW_STACK_DIR=str(tmp_path / "stack"),
-        ESFLOW_KAFKA_PORT=str(_consecutive_free_ports(6)),
+        ESFLOW_KAFKA_PORT=str(free_port_range(6)),
         ESFLOW_PG_PORT=str(free_port()),
         ESFLOW_KAFKA_HEAP_OPTS="-Xms128m -Xmx512m",
         ESFLOW_START_TIMEOUT_S="180",
