@@ -29,11 +29,11 @@ from esflow.errors import EsflowError, StackError
 from esflow.messaging import topics
 from esflow.messaging.kafka import admin_client
 from esflow.messaging.results import CommandResult
+from esflow.query.consistency import ConsistencyToken, ProjectionWaiter
 from esflow.readmodel.versions import Layout
 from esflow.settings import Settings, load_settings
 from ops.stack.manager import Stack
 from producers import loadgen as lg
-from producers.consistency import ConsistencyToken, ProjectionWaiter
 from producers.workload import Planned
 from projections.registry import PROJECTIONS
 

@@ -17,6 +17,9 @@ from typing import Any
 import click
 from confluent_kafka import Consumer, TopicPartition
 
+from esflow.client.commands import from_json
+from esflow.client.preflight import require_processor
+from esflow.client.sender import CommandClient, SendReceipt
 from esflow.domain.aggregates import AGGREGATES as AGGREGATE_TYPES
 from esflow.domain.messages import CommandEnvelope, EventEnvelope
 from esflow.errors import ClientError, CodecError, CommandValidationError, EsflowError, translated
@@ -24,11 +27,8 @@ from esflow.messaging.codec import Codec
 from esflow.messaging.kafka import consumer_config, read_to_end
 from esflow.messaging.results import CommandResult
 from esflow.messaging.topics import AGGREGATES, command_topic, event_topic
+from esflow.query.consistency import require_projection
 from esflow.settings import Settings, load_settings
-from producers.client import CommandClient, SendReceipt
-from producers.commands import from_json
-from producers.consistency import require_projection
-from producers.preflight import require_processor
 
 
 def _receipt_json(r: SendReceipt) -> str:

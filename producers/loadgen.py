@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, Message
 
+from esflow.client.sender import CommandClient
 from esflow.domain.messages import CommandEnvelope
 from esflow.errors import ResultTimeout
 from esflow.messaging.results import CommandResult
+from esflow.query.consistency import ConsistencyToken, ProjectionWaiter
 from esflow.settings import Settings
-from producers.client import CommandClient
-from producers.consistency import ConsistencyToken, ProjectionWaiter
 from producers.workload import Planned, Workload
 
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from esflow.client.commands import command_spec, envelope
 from esflow.domain import reasons
 from esflow.domain.messages import Command, CommandEnvelope
-from producers.commands import command_spec, envelope
 
 CURRENCY = "EUR"
 CATEGORIES = ("kitchen", "garden", "books", "toys", "tools", "sports")

@@ -24,11 +24,11 @@ from uuid import UUID, uuid4
 import click
 import psycopg
 
+from esflow.client.sender import CommandClient
 from esflow.domain.account import OpenAccount
 from esflow.errors import EsflowError
 from esflow.settings import KafkaSettings, PostgresSettings, Settings
 from ops.stack.proc import free_port, wait_until
-from producers.client import CommandClient
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "esflow-compose-check"

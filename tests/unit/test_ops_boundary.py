@@ -13,9 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOYABLES = ("producers", "processors", "projections")
 PUBLIC = {
-    # The command SDK, read-your-writes, load generation and the reference workload.
-    "producers.client",
-    "producers.consistency",
+    # Load generation and the reference workload (the command SDK now lives in the library).
     "producers.loadgen",
     "producers.workload",
     # Which projections exist (the processor is only ever started as `esflow processor run`).

@@ -12,12 +12,12 @@ from decimal import Decimal
 import psycopg
 import pytest
 
+from esflow.client.sender import CommandClient
 from esflow.domain.account import DepositFunds, OpenAccount
 from esflow.errors import ResultTimeout
+from esflow.query.consistency import ConsistencyToken, ProjectionWaiter, wait_for_projection
 from esflow.readmodel.versions import Layout
 from esflow.settings import PostgresSettings, ProjectionSettings, Settings
-from producers.client import CommandClient
-from producers.consistency import ConsistencyToken, ProjectionWaiter, wait_for_projection
 from tests.conftest import drop_installation
 from tests.support.services import Services
 

@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+from esflow.client.commands import envelope
+from esflow.client.sender import CommandClient
 from esflow.domain.product import ReceiveStock, RegisterProduct, ReserveStock
 from esflow.settings import Settings
-from producers.client import CommandClient
-from producers.commands import envelope
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 

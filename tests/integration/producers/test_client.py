@@ -15,6 +15,8 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
+from esflow.client.commands import envelope
+from esflow.client.sender import AsyncCommandClient, CommandClient
 from esflow.domain.account import AccountOpened, DepositFunds, FundsDeposited, OpenAccount
 from esflow.domain.messages import EventEnvelope, EventMetadata
 from esflow.errors import DeliveryFailed
@@ -22,8 +24,6 @@ from esflow.messaging import topics
 from esflow.messaging.codec import HEADER_TYPE, Codec
 from esflow.messaging.kafka import partition_for, producer_config, read_to_end
 from esflow.settings import KafkaSettings, Settings, TopicSettings
-from producers.client import AsyncCommandClient, CommandClient
-from producers.commands import envelope
 from tests.support.services import Services
 
 PARTITIONS = 3

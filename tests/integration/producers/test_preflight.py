@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterator
 import pytest
 from confluent_kafka import Consumer
 
+from esflow.client.preflight import ServiceNotRunning, require_processor
 from esflow.messaging.kafka import consumer_config
+from esflow.query.consistency import require_projection
 from esflow.readmodel import versions
 from esflow.readmodel.store import create_engine
 from esflow.settings import KafkaSettings, PostgresSettings, ProcessorSettings, ProjectionSettings, Settings
-from producers.consistency import require_projection
-from producers.preflight import ServiceNotRunning, require_processor
 from projections.registry import PROJECTIONS
 from tests.support.services import Services
 

@@ -19,6 +19,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
+from esflow.client.sender import AsyncCommandClient, CommandClient
 from esflow.domain.account import DepositFunds, OpenAccount, WithdrawFunds
 from esflow.errors import ResultTimeout
 from esflow.messaging import topics
@@ -26,7 +27,6 @@ from esflow.messaging.codec import Codec
 from esflow.messaging.kafka import consumer_config, transactional_producer_config
 from esflow.messaging.results import CommandResult, DeadLetterReport, EventRef, answer_key, report_key
 from esflow.settings import KafkaSettings, Settings, TopicSettings
-from producers.client import AsyncCommandClient, CommandClient
 
 
 @pytest.fixture
@@ -130,7 +130,7 @@ def test_accepted_and_rejected_results(settings: Settings, responder: Responder)
         rejected = client.send_and_wait(withdraw, uuid.UUID(accepted.aggregate_id or ""), timeout=30)
         assert (rejected.status, rejected.reason) == ("rejected", "insufficient_funds")
 
-        from producers.commands import envelope
+        from esflow.client.commands import envelope
 
         # Dead-lettered: the report for the record's own position, not the forged one about another.
         deposit = DepositFunds.model_validate({"amount": {"amount": "5.00", "currency": "EUR"}})

@@ -4,9 +4,9 @@ import uuid
 
 import pytest
 
+from esflow.client.commands import envelope, from_json
 from esflow.domain.account import DepositFunds, OpenAccount
 from esflow.errors import CommandValidationError, UnknownCommandType
-from producers.commands import envelope, from_json
 
 OWNER = "6f1c4b2e-1111-4a4a-9a9a-0123456789ab"
 

@@ -3,7 +3,7 @@
 Without them, `esflow send --wait` with no command processor running would sit out the whole timeout
 and then say only that nothing came. Each check is one cheap question to Kafka and raises one
 :class:`~esflow.errors.ClientError` line naming what to start. This module loads no SQL driver, so the
-command client may call it; the read-model counterpart, :func:`producers.consistency.require_projection`,
+command client may call it; the read-model counterpart, :func:`esflow.query.consistency.require_projection`,
 lives with the other code that reads the projections' registry.
 """
 

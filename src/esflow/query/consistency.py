@@ -12,7 +12,7 @@ registry (``esflow.readmodel.versions``) directly rather than through a freshnes
 checkpoint that proves a write visible lives in the same database as the rows, so any freshness API would
 be this query behind one more hop. The cost, SQL drivers, is paid only by code that waits: this module is
 the only part of the SDK that imports them, and an import-linter contract ("A command client loads no
-SQL") keeps ``producers.client`` from importing it.
+SQL") keeps ``esflow.client.sender`` from importing it.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from esflow.client.preflight import ServiceNotRunning
 from esflow.errors import ClientError, ResultTimeout, translated
 from esflow.messaging.results import CommandResult
 from esflow.messaging.topics import event_topic
 from esflow.readmodel import versions
 from esflow.readmodel.store import create_engine
 from esflow.settings import Settings, load_settings
-from producers.preflight import ServiceNotRunning
 
 TP = tuple[str, int]
 

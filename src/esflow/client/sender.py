@@ -1,4 +1,4 @@
-"""The command SDK: validate, encode and publish commands; sync and asyncio flavours.
+"""The command SDK (the library's command bus): validate, encode and publish commands, sync and asyncio.
 
 ``send`` returns once the broker acknowledged the command (idempotent producer, ``acks=all``); nothing
 leaves the process unless the command validated. Keys are aggregate ids, so one aggregate's commands
@@ -16,6 +16,8 @@ from uuid import UUID
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from esflow.client.commands import envelope as make_envelope
+from esflow.client.results import ResultListener
 from esflow.domain.messages import Command, CommandEnvelope
 from esflow.errors import DeliveryFailed, ResultTimeout
 from esflow.messaging.codec import Codec
@@ -23,8 +25,6 @@ from esflow.messaging.kafka import producer_config
 from esflow.messaging.results import CommandResult
 from esflow.messaging.topics import command_topic
 from esflow.settings import Settings, load_settings
-from producers.commands import envelope as make_envelope
-from producers.results import ResultListener
 
 
 @dataclass(frozen=True)
