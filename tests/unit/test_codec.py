@@ -158,7 +158,7 @@ def test_key_is_aggregate_id_and_headers_name_the_type() -> None:
     assert CODEC.key(envelope) == str(envelope.metadata.aggregate_id).encode()
     headers = dict(CODEC.headers(envelope))
     assert headers["esflow-type"] == b"OrderPlaced"
-    assert headers["esflow-schema-version"] == b"2"
+    assert headers["esflow-schema-version"] == b"3"
     assert headers["esflow-kind"] == b"event"
     assert headers["esflow-message-id"] == str(envelope.metadata.event_id).encode()
     assert headers["content-type"] == b"application/vnd.apache.avro.single-object"
@@ -211,9 +211,21 @@ def test_golden_v1_order_placed_reads_as_v2_with_the_default_channel() -> None:
     envelope = CODEC.decode(golden_path(v1).read_bytes(), kind="event")
     assert isinstance(envelope.event, OrderPlaced)
     assert envelope.event.sales_channel is SalesChannel.UNKNOWN
+    assert envelope.event.account_id is None
     expected = sample_record(v1)
     assert envelope.event.customer_id == expected["customer_id"]
     assert [i.sku for i in envelope.event.items] == [i["sku"] for i in expected["items"]]
+
+
+@pytest.mark.parametrize("name", ["OrderPlaced", "PlaceOrder"])
+def test_golden_v2_orders_read_as_v3_without_a_paying_account(name: str) -> None:
+    v2 = CATALOG.get(name, 2)
+    assert v2 is not None
+    envelope = CODEC.decode(golden_path(v2).read_bytes())
+    payload = envelope.event if isinstance(envelope, EventEnvelope) else envelope.command
+    assert isinstance(payload, OrderPlaced | PlaceOrder)
+    assert payload.account_id is None
+    assert payload.sales_channel == sample_record(v2)["sales_channel"]
 
 
 def test_golden_v1_price_changed_is_upcast_to_money() -> None:
@@ -325,19 +337,19 @@ def test_encode_errors_are_typed() -> None:
 
 
 def test_a_schema_without_a_model_is_unknown(tmp_path: Path) -> None:
-    # A newer producer's v3 is in the catalogue of this reader, but the models stop at v2.
-    v2 = CATALOG.get("OrderPlaced", 2)
-    assert v2 is not None
-    definition = dict(v2.definition)
-    definition["esflow.version"] = 3
+    # A newer producer's v4 is in the catalogue of this reader, but the models stop at v3.
+    v3 = CATALOG.get("OrderPlaced", 3)
+    assert v3 is not None
+    definition = dict(v3.definition)
+    definition["esflow.version"] = 4
     definition["fields"] = [
         *definition["fields"],
         {"name": "gift", "type": "boolean", "default": False, "doc": "x"},
     ]
     from esflow.messaging.schemas import schema_version_from_definition
 
-    v3 = schema_version_from_definition(definition)
-    codec = Codec(SchemaCatalog([*CATALOG, v3]))
-    record = {**sample_record(v2), "gift": True}
-    with pytest.raises(UnknownSchemaError, match="OrderPlaced v3 has no message model"):
+    v4 = schema_version_from_definition(definition)
+    codec = Codec(SchemaCatalog([*CATALOG, v4]))
+    record = {**sample_record(v3), "gift": True}
+    with pytest.raises(UnknownSchemaError, match="OrderPlaced v4 has no message model"):
         codec.decode(codec.encode_record("OrderPlaced", record), topic="events.order")

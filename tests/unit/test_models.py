@@ -61,8 +61,8 @@ def test_every_message_class_is_registered_with_its_kind() -> None:
         assert spec.kind == ("event" if issubclass(cls, Event) else "command")
     assert spec_for("Nope") is None
     assert catalog.MESSAGE_TYPES["PriceChanged"].version == 2
-    assert catalog.MESSAGE_TYPES["OrderPlaced"].version == 2
-    assert catalog.MESSAGE_TYPES["PlaceOrder"].version == 2
+    assert catalog.MESSAGE_TYPES["OrderPlaced"].version == 3
+    assert catalog.MESSAGE_TYPES["PlaceOrder"].version == 3
 
 
 def test_models_are_frozen_and_closed() -> None:

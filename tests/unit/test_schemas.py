@@ -42,10 +42,10 @@ def test_the_repository_contract_holds() -> None:
 
 def test_every_file_is_a_self_contained_record() -> None:
     catalog = SchemaCatalog.load(SCHEMA_DIR)
-    assert len(catalog) == len(list(SCHEMA_DIR.rglob("*.avsc"))) == 47
+    assert len(catalog) == len(list(SCHEMA_DIR.rglob("*.avsc"))) == 49
     assert {sv.name for sv in catalog} == set(MESSAGE_TYPES)
     assert [sv.version for sv in catalog.versions("PriceChanged")] == [1, 2]
-    assert [sv.version for sv in catalog.versions("OrderPlaced")] == [1, 2]
+    assert [sv.version for sv in catalog.versions("OrderPlaced")] == [1, 2, 3]
 
 
 def test_fingerprint_is_the_spec_value_for_a_known_schema() -> None:
@@ -95,30 +95,36 @@ def test_version_gaps_are_reported(schemas: Path) -> None:
     assert any("OrderPlaced: versions [1, 3] are not 1..N" in p for p in check(schemas))
 
 
+def field(definition: dict[str, Any], name: str) -> dict[str, Any]:
+    """The field ``name`` of a record definition."""
+    found: dict[str, Any] = next(f for f in definition["fields"] if f["name"] == name)
+    return found
+
+
 def test_a_new_field_without_default_breaks_backward_compatibility(schemas: Path) -> None:
     edit(
-        schemas / "events/order/OrderPlaced.v2.avsc",
-        lambda d: d["fields"][-1].pop("default"),
+        schemas / "events/order/OrderPlaced.v3.avsc",
+        lambda d: field(d, "account_id").pop("default"),
     )
     problems = check(schemas)
     assert (
-        "OrderPlaced: v2 cannot read v1 (BACKWARD_TRANSITIVE): sales_channel: reader field is missing "
+        "OrderPlaced: v3 cannot read v2 (BACKWARD_TRANSITIVE): account_id: reader field is missing "
         "from the writer and has no default" in problems
     )
     # ... and the model (which has a default) now drifts from the schema too.
-    assert any("OrderPlaced: model drift: sales_channel: model default 'UNKNOWN'" in p for p in problems)
+    assert any("OrderPlaced: model drift: account_id: model default None" in p for p in problems), problems
 
 
 def test_transitive_mode_checks_every_older_version(schemas: Path) -> None:
-    # v3 drops the default v2 had for sales_channel: compatible with v2, not with v1.
-    v2 = schemas / "events/order/OrderPlaced.v2.avsc"
+    # v4 drops the default v2 and v3 had for sales_channel: compatible with v2 and v3, not with v1.
     v3 = schemas / "events/order/OrderPlaced.v3.avsc"
-    v3.write_text(v2.read_text())
-    edit(v3, lambda d: (d.update({"esflow.version": 3}), d["fields"][-1].pop("default")))
+    v4 = schemas / "events/order/OrderPlaced.v4.avsc"
+    v4.write_text(v3.read_text())
+    edit(v4, lambda d: (d.update({"esflow.version": 4}), field(d, "sales_channel").pop("default")))
     transitive = check(schemas, messages={})
-    assert any("OrderPlaced: v3 cannot read v1 (BACKWARD_TRANSITIVE)" in p for p in transitive)
-    assert not any("v3 cannot read v2" in p for p in transitive)
-    assert not any("v3 cannot read v1" in p for p in check(schemas, event_mode="BACKWARD", messages={}))
+    assert any("OrderPlaced: v4 cannot read v1 (BACKWARD_TRANSITIVE)" in p for p in transitive)
+    assert not any("v4 cannot read v2" in p or "v4 cannot read v3" in p for p in transitive)
+    assert not any("v4 cannot read v1" in p for p in check(schemas, event_mode="BACKWARD", messages={}))
 
 
 def test_code_upcaster_exempts_its_step_and_is_required(schemas: Path) -> None:
@@ -135,9 +141,9 @@ def test_code_upcaster_exempts_its_step_and_is_required(schemas: Path) -> None:
 
 
 def test_commands_use_their_own_mode(schemas: Path) -> None:
-    edit(schemas / "commands/order/PlaceOrder.v2.avsc", lambda d: d["fields"][-1].pop("default"))
-    assert any("PlaceOrder: v2 cannot read v1 (BACKWARD)" in p for p in check(schemas))
-    assert not any("PlaceOrder: v2 cannot read v1" in p for p in check(schemas, command_mode="NONE"))
+    edit(schemas / "commands/order/PlaceOrder.v3.avsc", lambda d: field(d, "account_id").pop("default"))
+    assert any("PlaceOrder: v3 cannot read v2 (BACKWARD)" in p for p in check(schemas))
+    assert not any("PlaceOrder: v3 cannot read v2" in p for p in check(schemas, command_mode="NONE"))
 
 
 def test_unknown_mode_is_refused() -> None:
@@ -298,8 +304,8 @@ def test_check_reports_drift_in_a_schema_edit(schemas: Path) -> None:
         lambda d: d["fields"][2]["type"]["fields"][0]["type"].update(scale=3),
     )
     edit(
-        schemas / "commands/order/PlaceOrder.v2.avsc",
-        lambda d: d["fields"][-1]["type"]["symbols"].append("PHONE"),
+        schemas / "commands/order/PlaceOrder.v3.avsc",
+        lambda d: field(d, "sales_channel")["type"]["symbols"].append("PHONE"),
     )
     problems = check(schemas)
     assert "FundsDeposited: model drift: reference: model says [null, string], schema says string" in problems

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -17,18 +18,24 @@ SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 ESFLOW = [sys.executable, "-c", "from esflow.cli import main; main()"]
 
 
+def field(definition: dict[str, Any], name: str) -> dict[str, Any]:
+    """The field ``name`` of a record definition."""
+    found: dict[str, Any] = next(f for f in definition["fields"] if f["name"] == name)
+    return found
+
+
 def test_check_passes_on_the_repository_through_the_installed_cli() -> None:
     result = subprocess.run([*ESFLOW, "schemas", "check"], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "47 schemas ok" in result.stdout
+    assert "49 schemas ok" in result.stdout
 
 
 def test_check_prints_one_line_per_problem_and_fails(tmp_path: Path) -> None:
     root = tmp_path / "schemas"
     shutil.copytree(SCHEMA_DIR, root)
-    path = root / "events/order/OrderPlaced.v2.avsc"
+    path = root / "events/order/OrderPlaced.v3.avsc"
     data = json.loads(path.read_text())
-    data["fields"][-1].pop("default")  # breaks BACKWARD_TRANSITIVE and drifts from the model
+    field(data, "sales_channel").pop("default")  # breaks BACKWARD_TRANSITIVE and drifts from the model
     data["fields"][1].pop("doc")
     path.write_text(json.dumps(data))
     result = subprocess.run(
@@ -36,8 +43,8 @@ def test_check_prints_one_line_per_problem_and_fails(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     lines = result.stdout.splitlines()
-    assert "events/order/OrderPlaced.v2.avsc: field OrderPlaced.customer_id has no doc" in lines
-    assert any(line.startswith("OrderPlaced: v2 cannot read v1 (BACKWARD_TRANSITIVE)") for line in lines)
+    assert "events/order/OrderPlaced.v3.avsc: field OrderPlaced.customer_id has no doc" in lines
+    assert any(line.startswith("OrderPlaced: v3 cannot read v1 (BACKWARD_TRANSITIVE)") for line in lines)
     assert any(line.startswith("OrderPlaced: model drift: sales_channel") for line in lines)
     assert result.stderr.strip() == f"esflow: error: {len(lines)} schema problem(s) in {root}"
 
@@ -45,14 +52,14 @@ def test_check_prints_one_line_per_problem_and_fails(tmp_path: Path) -> None:
 def test_check_honours_the_configured_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "schemas"
     shutil.copytree(SCHEMA_DIR, root)
-    path = root / "commands/order/PlaceOrder.v2.avsc"
+    path = root / "commands/order/PlaceOrder.v3.avsc"
     data = json.loads(path.read_text())
-    data["fields"][-1].pop("default")
-    data["fields"][-1]["type"]["symbols"].reverse()  # enum order is not part of compatibility
+    field(data, "account_id").pop("default")
+    field(data, "sales_channel")["type"]["symbols"].reverse()  # enum order is not part of compatibility
     path.write_text(json.dumps(data))
     runner = CliRunner()
     strict = runner.invoke(schemas, ["check", "--dir", str(root)])
-    assert "PlaceOrder: v2 cannot read v1 (BACKWARD)" in strict.output
+    assert "PlaceOrder: v3 cannot read v2 (BACKWARD)" in strict.output
     monkeypatch.setenv("ESFLOW_SCHEMA_COMMAND_COMPATIBILITY", "NONE")
     relaxed = runner.invoke(schemas, ["check", "--dir", str(root)])
     assert "cannot read" not in relaxed.output
@@ -65,7 +72,7 @@ def test_register_pushes_every_version_to_the_registry(monkeypatch: pytest.Monke
     result = CliRunner().invoke(schemas, ["register"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert len(lines) == 47
+    assert len(lines) == 49
     assert "t1.events.product-esflow.events.product.PriceChanged v2 -> id" in "\n".join(lines)
 
 

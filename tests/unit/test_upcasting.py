@@ -63,8 +63,9 @@ def test_decode_record_reports_writer_and_newest_version() -> None:
     decoded = CODEC.decode_record(
         CODEC.encode_record("OrderPlaced", sample_record(version("OrderPlaced", 1)), version=1)
     )
-    assert (decoded.writer_version, decoded.schema.version) == (1, 2)
+    assert (decoded.writer_version, decoded.schema.version) == (1, 3)
     assert decoded.record["sales_channel"] == "UNKNOWN"
+    assert decoded.record["account_id"] is None
 
 
 def extended_catalog() -> tuple[SchemaCatalog, UpcasterRegistry]:

@@ -14,14 +14,15 @@ class _Order:
 
 
 class PlaceOrder(_Order, Command):
-    """Place a new order."""
+    """Place a new order (v3 added the paying ``account_id``)."""
 
-    schema_version: ClassVar[int] = 2
+    schema_version: ClassVar[int] = 3
 
     customer_id: UUID
     items: tuple[OrderItem, ...]
     shipping_address: Address
     sales_channel: SalesChannel = SalesChannel.UNKNOWN
+    account_id: UUID | None = None
 
 
 class AddOrderItem(_Order, Command):
@@ -78,14 +79,15 @@ class RefundOrder(_Order, Command):
 
 
 class OrderPlaced(_Order, Event):
-    """An order was placed (v2 added ``sales_channel``; v1 reads as UNKNOWN)."""
+    """An order was placed (v2 added ``sales_channel``, v3 ``account_id``; older ones read the defaults)."""
 
-    schema_version: ClassVar[int] = 2
+    schema_version: ClassVar[int] = 3
 
     customer_id: UUID
     items: tuple[OrderItem, ...]
     shipping_address: Address
     sales_channel: SalesChannel = SalesChannel.UNKNOWN
+    account_id: UUID | None = None
 
 
 class OrderItemAdded(_Order, Event):

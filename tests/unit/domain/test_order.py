@@ -83,6 +83,12 @@ def test_place() -> None:
     assert state.currency == "EUR"
 
 
+def test_place_names_the_paying_account_in_the_event() -> None:
+    account = uuid4()
+    command = place(LINE).model_copy(update={"account_id": account})
+    given(ORDER).when(command).then(PLACED.model_copy(update={"account_id": account}))
+
+
 def test_place_twice_is_refused() -> None:
     given(ORDER, PLACED).when(place(LINE)).then_rejected("already_exists")
 

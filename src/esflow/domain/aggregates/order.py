@@ -130,6 +130,7 @@ def decide(state: OrderState | None, command: Command) -> Decision:
                 items=command.items,
                 shipping_address=command.shipping_address,
                 sales_channel=command.sales_channel,
+                account_id=command.account_id,
             ),
         )
     if state is None:

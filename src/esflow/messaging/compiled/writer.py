@@ -8,6 +8,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Mapping
 from typing import Any
+from uuid import UUID
 
 from fastavro.schema import extract_logical_type
 from fastavro.write import LOGICAL_WRITERS
@@ -16,6 +17,7 @@ from esflow.messaging.compiled._scaffold import SchemaCompiler, Unsupported, gen
 from esflow.messaging.expansion import PRIMITIVES
 
 _UNION_PLAIN_BRANCHES = {"string": "str", "bytes": "bytes", "long": "int", "int": "int", "boolean": "bool"}
+_UUID_BRANCH = {"type": "string", "logicalType": "uuid"}
 _ZIGZAG_BYTES = tuple(bytes([n]) for n in range(128))
 _LONG_LIMIT = 2**62
 _INT_LIMIT = 2**31
@@ -41,8 +43,9 @@ class _WriterCompiler(SchemaCompiler):
     and accepts only the plain case: a dict holding every field, values of exactly the Python type the
     Avro type is written from (``str``, ``int`` within 62 bits, ``bool``, ``float``, ``bytes``, ``list``
     or ``tuple``), enum symbols and logical types through fastavro's own ``LOGICAL_WRITERS``, unions of
-    null and one plain primitive. Anything else raises, and the codec asks fastavro, which writes it or
-    names the problem exactly as before (defaults for missing fields, coercions, union matching).
+    null and one plain primitive or of null and a uuid given as a ``UUID``. Anything else raises, and the
+    codec asks fastavro, which writes it or names the problem exactly as before (defaults for missing
+    fields, coercions, union matching).
     """
 
     def check(self, indent: int, source: str, py_type: str) -> None:
@@ -136,6 +139,9 @@ class _WriterCompiler(SchemaCompiler):
 
     def union(self, branches: list[Any], source: str, indent: int) -> None:
         other = [b for b in branches if b != "null"]
+        if len(branches) == 2 and len(other) == 1 and other[0] == _UUID_BRANCH:
+            self.optional_uuid(branches.index("null"), branches.index(other[0]), source, indent)
+            return
         if (
             len(branches) != 2
             or len(other) != 1
@@ -153,6 +159,17 @@ class _WriterCompiler(SchemaCompiler):
         else:
             self.value(other[0], source, indent + 1)
 
+    def optional_uuid(self, null_index: int, uuid_index: int, source: str, indent: int) -> None:
+        # Only a UUID object is plain: fastavro matches a str against the uuid branch by its own rules.
+        text = self.var("b")
+        self.emit(indent, f"if {source} is None:")
+        self.emit(indent + 1, f"out += {_ZIGZAG_BYTES[null_index << 1]!r}")
+        self.emit(indent, f"elif type({source}) is _UUID:")
+        self.emit(indent + 1, f"{text} = str({source}).encode()")
+        self.emit(indent + 1, f"out += {_ZIGZAG_BYTES[uuid_index << 1] + _ZIGZAG_BYTES[36 << 1]!r} + {text}")
+        self.emit(indent, "else:")
+        self.emit(indent + 1, "raise _NotCanonical")
+
 
 _RUNTIME: dict[str, Any] = {
     "_zigzag": _zigzag,
@@ -161,6 +178,7 @@ _RUNTIME: dict[str, Any] = {
     "_pack_double": struct.Struct("<d").pack,
     "_LONG_LIMIT": _LONG_LIMIT,
     "_INT_LIMIT": _INT_LIMIT,
+    "_UUID": UUID,
 }
 
 
