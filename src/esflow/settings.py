@@ -331,6 +331,32 @@ class ImageSettings(BaseSettings):
     esflow: str = Field("esflow:dev", description="The esflow image (built from the Dockerfile).")
 
 
+class ProcessSettings(BaseSettings):
+    """The process-manager workers (`esflow process run`): group, identity, restore, ports."""
+
+    model_config = SettingsConfigDict(env_prefix="ESFLOW_PROCESS_", extra="ignore")
+
+    group_prefix: str = Field(
+        "esflow-process", description="Consumer group prefix; the process name is appended."
+    )
+    instance_id: str = Field(
+        "0",
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Stable per worker: names its transactional ids (one per process it runs).",
+    )
+    restore_timeout_s: float = Field(300.0, gt=0, description="Longest restore of one state partition.")
+    metrics_port: int = Field(0, ge=0, le=65535, description="HTTP /metrics, /healthz, /readyz; 0 disables.")
+    metrics_host: str = Field("127.0.0.1", description="Interface of the metrics server.")
+
+    def group_id(self, process: str) -> str:
+        """The consumer group of one process's workers."""
+        return f"{self.group_prefix}-{process}"
+
+    def transactional_id(self, process: str) -> str:
+        """Stable per worker and process, so a restarted worker fences its predecessor."""
+        return f"{self.group_id(process)}-{self.instance_id}"
+
+
 class Settings(BaseSettings):
     """All settings, grouped by concern."""
 
@@ -341,6 +367,7 @@ class Settings(BaseSettings):
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     topics: TopicSettings = Field(default_factory=TopicSettings)
     processor: ProcessorSettings = Field(default_factory=ProcessorSettings)
+    process: ProcessSettings = Field(default_factory=ProcessSettings)
     schemas: SchemaSettings = Field(default_factory=SchemaSettings)
     projections: ProjectionSettings = Field(default_factory=ProjectionSettings)
     images: ImageSettings = Field(default_factory=ImageSettings)

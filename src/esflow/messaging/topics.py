@@ -27,6 +27,7 @@ from esflow.errors import PartitionChangeRefused, TopicError, translate
 from esflow.settings import TopicSettings
 
 AGGREGATES: tuple[str, ...] = AGGREGATE_TYPES
+PROCESS_NAMES: tuple[str, ...] = ()
 
 DAY_MS = 24 * 60 * 60 * 1000
 INFINITE = -1
@@ -55,6 +56,38 @@ def results_topic(settings: TopicSettings | None = None) -> str:
 def dead_letter_topic(settings: TopicSettings | None = None) -> str:
     """Name of the topic receiving undecodable or unknown commands."""
     return f"{(settings or TopicSettings()).prefix}commands.dead-letter"
+
+
+def process_inbox_topic(process: str, settings: TopicSettings | None = None) -> str:
+    """Name of a process manager's inbox (``process.<name>.inbox``): its inputs, keyed by instance id."""
+    return f"{(settings or TopicSettings()).prefix}process.{process}.inbox"
+
+
+def process_state_topic(process: str, settings: TopicSettings | None = None) -> str:
+    """Name of a process manager's compacted instance state (``process.<name>.state``), by instance id."""
+    return f"{(settings or TopicSettings()).prefix}process.{process}.state"
+
+
+def process_topics(process: str, settings: TopicSettings | None = None) -> list[TopicSpec]:
+    """The inbox and state topics of one process, co-partitioned (same count, same key)."""
+    s = settings or TopicSettings()
+    return [
+        TopicSpec(
+            process_inbox_topic(process, s),
+            s.partitions,
+            7 * DAY_MS,
+            purpose=f"{process} process inputs (events and answers), keyed by instance id",
+        ),
+        TopicSpec(
+            process_state_topic(process, s),
+            s.partitions,
+            INFINITE,
+            compacted=True,
+            purpose=f"{process} process instances: state, timers, pending commands (restore)",
+            extra_config={"min.cleanable.dirty.ratio": "0.1", "segment.ms": str(DAY_MS)},
+            durable=True,
+        ),
+    ]
 
 
 @dataclass(frozen=True)
@@ -116,6 +149,8 @@ def catalogue(settings: TopicSettings | None = None) -> list[TopicSpec]:
         )
     )
     specs.append(TopicSpec(dead_letter_topic(s), 1, 30 * DAY_MS, purpose="undecodable or unknown commands"))
+    for process in PROCESS_NAMES:
+        specs += process_topics(process, s)
     return specs
 
 
