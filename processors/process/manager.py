@@ -1,7 +1,7 @@
 """The process-manager step: routes inputs to their instance's partition and runs the instances there.
 
 One :class:`ProcessStep` runs one :class:`~esflow.domain.process.ProcessDefinition` on the transactional
-shell (:mod:`processors.loop`); every record it returns is written in the shell's transaction together
+shell (``processors.loop``); every record it returns is written in the shell's transaction together
 with the offsets of the messages it consumed. It reads three kinds of topic:
 
 - **Sources** (``events.<aggregate>`` of the aggregates the process subscribes to, and ``command-results``):
@@ -64,7 +64,7 @@ from esflow.messaging import topics as topic_names
 from esflow.messaging.codec import Codec
 from esflow.messaging.results import CommandResult, is_report_key
 from esflow.settings import TopicSettings
-from processors.loop import Incoming, Outgoing
+from processors.process.shell import Incoming, Outgoing
 from processors.process.metrics import ProcessMetrics
 from processors.process.records import HistoryEntry, InstanceRecord, PendingSend, utc
 
