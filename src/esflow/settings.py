@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from esflow.domain.messages import AGGREGATE_TYPES
+
 
 def _default_stack_dir() -> Path:
     return Path.home() / ".local" / "share" / "esflow" / "stack"
@@ -193,7 +195,8 @@ class ProcessorSettings(BaseSettings):
         description="Stable per instance: names its transactional.id (and group.instance.id when static).",
     )
     aggregates: str = Field(
-        "product,order,account", description="Comma-separated aggregate types whose commands this group runs."
+        ",".join(AGGREGATE_TYPES),
+        description="Comma-separated aggregate types whose commands this group runs (default: all of them).",
     )
     batch_max_commands: int = Field(1000, ge=1, description="Most commands in one Kafka transaction.")
     batch_max_ms: int = Field(100, ge=1, description="Longest wait for the first command of a batch.")

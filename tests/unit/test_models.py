@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 from pydantic import ValidationError
 
-from esflow.domain import account, catalog, order, product
+from esflow.domain import account, catalog, order, product, transfer
 from esflow.domain.catalog import MESSAGE_TYPES, commands_of, events_of, spec_for
 from esflow.domain.messages import (
     Command,
@@ -37,10 +37,14 @@ EXPECTED = {
         "OpenAccount DepositFunds WithdrawFunds FreezeAccount UnfreezeAccount CloseAccount",
         "AccountOpened FundsDeposited FundsWithdrawn AccountFrozen AccountUnfrozen AccountClosed",
     ),
+    "transfer": (
+        "RequestTransfer CompleteTransfer FailTransfer",
+        "TransferRequested TransferCompleted TransferFailed",
+    ),
 }
 
 
-@pytest.mark.parametrize("aggregate", ["product", "order", "account"])
+@pytest.mark.parametrize("aggregate", ["product", "order", "account", "transfer"])
 def test_the_registry_holds_the_issue_s_domain(aggregate: str) -> None:
     commands, events = EXPECTED[aggregate]
     assert {s.name for s in commands_of(aggregate)} == set(commands.split())  # type: ignore[arg-type]
@@ -50,11 +54,11 @@ def test_the_registry_holds_the_issue_s_domain(aggregate: str) -> None:
 def test_every_message_class_is_registered_with_its_kind() -> None:
     classes = [
         obj
-        for module in (product, order, account)
+        for module in (product, order, account, transfer)
         for obj in vars(module).values()
         if isinstance(obj, type) and issubclass(obj, Command | Event) and obj.__module__ == module.__name__
     ]
-    assert len(classes) == len(MESSAGE_TYPES) == 44
+    assert len(classes) == len(MESSAGE_TYPES) == 50
     for cls in classes:
         spec = spec_for(cls.__name__)
         assert spec is not None and spec.model is cls

@@ -27,7 +27,7 @@ def field(definition: dict[str, Any], name: str) -> dict[str, Any]:
 def test_check_passes_on_the_repository_through_the_installed_cli() -> None:
     result = subprocess.run([*ESFLOW, "schemas", "check"], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "49 schemas ok" in result.stdout
+    assert "55 schemas ok" in result.stdout
 
 
 def test_check_prints_one_line_per_problem_and_fails(tmp_path: Path) -> None:
@@ -72,7 +72,7 @@ def test_register_pushes_every_version_to_the_registry(monkeypatch: pytest.Monke
     result = CliRunner().invoke(schemas, ["register"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert len(lines) == 49
+    assert len(lines) == 55
     assert "t1.events.product-esflow.events.product.PriceChanged v2 -> id" in "\n".join(lines)
 
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from esflow.domain import account, order, product
+from esflow.domain import account, order, product, transfer
 from esflow.domain.messages import AggregateType, Command, Event, Message, MessageKind
 
 
@@ -23,7 +23,7 @@ class MessageSpec:
 
 def _collect() -> dict[str, MessageSpec]:
     specs: dict[str, MessageSpec] = {}
-    for module in (product, order, account):
+    for module in (product, order, account, transfer):
         for obj in vars(module).values():
             if (
                 isinstance(obj, type)

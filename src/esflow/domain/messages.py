@@ -16,7 +16,7 @@ from pydantic import SerializeAsAny, model_validator
 
 from esflow.domain.values import Frozen, Int64, UtcDatetime
 
-AggregateType = Literal["product", "order", "account"]
+AggregateType = Literal["product", "order", "account", "transfer"]
 AGGREGATE_TYPES: tuple[AggregateType, ...] = get_args(AggregateType)
 """Every aggregate type, in catalogue order: the one list topics, projections and tools derive from."""
 MessageKind = Literal["command", "event"]

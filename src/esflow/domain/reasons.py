@@ -39,6 +39,9 @@ REFUND_EXCEEDS_PAYMENT = "refund_exceeds_payment"
 INSUFFICIENT_FUNDS = "insufficient_funds"
 BALANCE_NOT_ZERO = "balance_not_zero"
 
+# Transfer.
+SAME_ACCOUNT = "same_account"
+
 BUSINESS_REASONS: frozenset[str] = frozenset(
     {
         NOT_FOUND, ALREADY_EXISTS, VERSION_CONFLICT, UNKNOWN_COMMAND, INVALID_STATE, CURRENCY_MISMATCH,
@@ -46,6 +49,7 @@ BUSINESS_REASONS: frozenset[str] = frozenset(
         INSUFFICIENT_STOCK, ALREADY_RESERVED, NO_RESERVATION, PRODUCT_DISCONTINUED,
         EMPTY_ORDER, DUPLICATE_ITEM, ITEM_NOT_FOUND, AMOUNT_MISMATCH, NOT_PAID, REFUND_EXCEEDS_PAYMENT,
         INSUFFICIENT_FUNDS, BALANCE_NOT_ZERO,
+        SAME_ACCOUNT,
     }
 )  # fmt: skip
 """Every code a :class:`~esflow.domain.aggregates.base.Rejection` may carry."""

@@ -20,10 +20,18 @@ from esflow.domain.order import (
     ConfirmOrder,
     DeliverOrder,
     MarkOrderPaid,
+    OrderPlaced,
     PlaceOrder,
     ShipOrder,
 )
 from esflow.domain.product import DiscontinueProduct, ReceiveStock, RegisterProduct, ReserveStock
+from esflow.domain.transfer import (
+    CompleteTransfer,
+    FailTransfer,
+    RequestTransfer,
+    TransferFailed,
+    TransferRequested,
+)
 from esflow.domain.values import Address, OrderItem
 from esflow.messaging.codec import HEADER_ID
 from esflow.messaging.kafka import partition_for
@@ -143,6 +151,54 @@ def test_order_flow(world: World) -> None:
     assert r[6].details["status"] == "DELIVERED"
     assert r[5].version == 5
     check_event_refs(world, r)
+
+
+def test_an_order_keeps_its_paying_account_through_the_processor(world: World) -> None:
+    oid, account = uuid.uuid4(), uuid.uuid4()
+    item = OrderItem(product_id=uuid.uuid4(), sku="MUG-1", quantity=1, unit_price=eur("9.90"))
+    home = Address(recipient="Ada", line1="1 Main St", city="Berlin", postal_code="10115", country="DE")
+    place = PlaceOrder(customer_id=uuid.uuid4(), items=(item,), shipping_address=home, account_id=account)
+    (r,) = world.run(envelope(oid, place))
+    assert r.status == "accepted"
+    check_event_refs(world, [r])
+    (placed,) = [
+        e.event for _, e in events_of(world.env.kafka, world.env, "order") if e.metadata.aggregate_id == oid
+    ]
+    assert isinstance(placed, OrderPlaced) and placed.account_id == account
+
+
+def test_transfer_flow(world: World) -> None:
+    """The aggregate added last runs with the default settings: its topics exist, the processor decides."""
+    tid, other, source, target = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    request = RequestTransfer(source_account_id=source, target_account_id=target, amount=eur("25.00"))
+    r = world.run(
+        envelope(tid, CompleteTransfer()),
+        envelope(tid, request),
+        envelope(tid, request),
+        envelope(tid, FailTransfer(reason="withdraw: insufficient_funds")),
+        envelope(tid, CompleteTransfer()),
+        envelope(other, request.model_copy(update={"target_account_id": source})),
+    )
+    assert [(x.status, x.reason) for x in r] == [
+        ("rejected", "not_found"),
+        ("accepted", None),
+        ("rejected", "already_exists"),
+        ("accepted", None),
+        ("rejected", "invalid_state"),
+        ("rejected", "same_account"),
+    ]
+    assert r[4].details == {"status": "FAILED", "command": "CompleteTransfer"}
+    assert r[4].version == 2
+    check_event_refs(world, r[:5])
+    events = [
+        e.event
+        for _, e in events_of(world.env.kafka, world.env, "transfer")
+        if e.metadata.aggregate_id == tid
+    ]
+    assert events == [
+        TransferRequested(source_account_id=source, target_account_id=target, amount=eur("25.00")),
+        TransferFailed(reason="withdraw: insufficient_funds"),
+    ]
 
 
 def test_account_flow(world: World) -> None:

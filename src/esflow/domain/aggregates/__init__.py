@@ -10,10 +10,21 @@ from esflow.domain.aggregates.account import ACCOUNT
 from esflow.domain.aggregates.base import Aggregate, Decision, Rejection, execute
 from esflow.domain.aggregates.order import ORDER
 from esflow.domain.aggregates.product import PRODUCT
+from esflow.domain.aggregates.transfer import TRANSFER
 
 AGGREGATES: Mapping[str, Aggregate[Any]] = MappingProxyType(
-    {a.aggregate_type: a for a in (PRODUCT, ORDER, ACCOUNT)}
+    {a.aggregate_type: a for a in (PRODUCT, ORDER, ACCOUNT, TRANSFER)}
 )
-"""Every aggregate, by its type name (``product``, ``order``, ``account``)."""
+"""Every aggregate, by its type name (``product``, ``order``, ``account``, ``transfer``)."""
 
-__all__ = ["ACCOUNT", "AGGREGATES", "ORDER", "PRODUCT", "Aggregate", "Decision", "Rejection", "execute"]
+__all__ = [
+    "ACCOUNT",
+    "AGGREGATES",
+    "ORDER",
+    "PRODUCT",
+    "TRANSFER",
+    "Aggregate",
+    "Decision",
+    "Rejection",
+    "execute",
+]
