@@ -10,10 +10,10 @@ from uuid import UUID
 
 import click
 
-from esflow.domain.process.registry import PROCESSES
+from esflow.domain.process.registry import PROCESS_NAMES
 from esflow.settings import load_settings
 from processors.process.metrics import ProcessMetrics
-from processors.process.runtime import ProcessWorker, pick
+from processors.process.runtime import ProcessWorker, available, pick
 from processors.process.timeline import find_instance, render
 
 log = logging.getLogger("esflow.process")
@@ -42,7 +42,7 @@ def run_cmd(
     }
     settings = settings.model_copy(update={"process": settings.process.model_copy(update=overrides)})
     metrics = ProcessMetrics()
-    worker = ProcessWorker(settings, pick(names, PROCESSES), metrics=metrics)
+    worker = ProcessWorker(settings, pick(names, available(settings)), metrics=metrics)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("%s: stopping after the current transactions", signal.Signals(signum).name)
@@ -69,7 +69,7 @@ def run_cmd(
 def show_cmd(instance_id: UUID, name: str | None) -> None:
     """Print one instance: status, step, timers, pending commands, and its timeline as a causation tree."""
     settings = load_settings()
-    names = [name] if name else list(PROCESSES)
+    names = [name] if name else list(PROCESS_NAMES)
     record = find_instance(settings, names, instance_id)
     if record is None:
         raise click.ClickException(f"no instance {instance_id} in {', '.join(names)}")

@@ -64,9 +64,9 @@ from esflow.messaging import topics as topic_names
 from esflow.messaging.codec import Codec
 from esflow.messaging.results import CommandResult, is_report_key
 from esflow.settings import TopicSettings
-from processors.process.shell import Incoming, Outgoing
 from processors.process.metrics import ProcessMetrics
 from processors.process.records import HistoryEntry, InstanceRecord, PendingSend, utc
+from processors.process.shell import Incoming, Outgoing
 
 log = logging.getLogger("esflow.process")
 

@@ -3,7 +3,7 @@
 Each process is its own consumer group (``<group_prefix>-<name>``) with its own transactional id, so a
 process can be scaled, restarted or fenced alone; a worker that runs several processes runs each loop on
 its own thread (librdkafka calls release the GIL). Which definitions exist is the domain's
-(:data:`esflow.domain.process.registry.PROCESSES`); tests hand in their own.
+(:data:`esflow.domain.process.registry.PROCESS_TYPES`), built by :func:`available`; tests hand in their own.
 """
 
 from __future__ import annotations
@@ -11,18 +11,32 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 from esflow.domain.process import ProcessDefinition
+from esflow.domain.process.fulfilment import OrderFulfilment
+from esflow.domain.process.registry import PROCESS_TYPES
 from esflow.errors import ConfigError
 from esflow.messaging.codec import Codec
 from esflow.settings import Settings
-from processors.process.shell import TransactionalLoop
 from processors.process.manager import ProcessStep, ProcessTopics
 from processors.process.metrics import ProcessMetrics
+from processors.process.shell import TransactionalLoop
 from processors.process.store import StateTopicLoader
 
 log = logging.getLogger("esflow.process")
+
+
+def available(settings: Settings) -> dict[str, ProcessDefinition[Any]]:
+    """Every process of the domain, constructed with the configured parameters."""
+    made: dict[str, ProcessDefinition[Any]] = {}
+    for name, kind in PROCESS_TYPES.items():
+        if kind is OrderFulfilment:
+            made[name] = OrderFulfilment(payment_window=timedelta(seconds=settings.process.payment_window_s))
+        else:
+            made[name] = kind()
+    return made
 
 
 def pick(

@@ -210,7 +210,9 @@ class TransactionalLoop:
         deadline = time.monotonic() + 120
         while True:
             try:
-                found = consumer.committed([TopicPartition(tp.topic, tp.partition) for tp in partitions], timeout=30)
+                found = consumer.committed(
+                    [TopicPartition(tp.topic, tp.partition) for tp in partitions], timeout=30
+                )
                 errors = [tp.error for tp in found if tp.error is not None]
             except KafkaException as exc:
                 errors = [exc.args[0]]

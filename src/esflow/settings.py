@@ -348,6 +348,9 @@ class ProcessSettings(BaseSettings):
         description="Stable per worker: names its transactional ids (one per process it runs).",
     )
     restore_timeout_s: float = Field(300.0, gt=0, description="Longest restore of one state partition.")
+    payment_window_s: float = Field(
+        30.0, gt=0, description="Order fulfilment: how long after OrderPlaced the payment may take."
+    )
     metrics_port: int = Field(0, ge=0, le=65535, description="HTTP /metrics, /healthz, /readyz; 0 disables.")
     metrics_host: str = Field("127.0.0.1", description="Interface of the metrics server.")
 

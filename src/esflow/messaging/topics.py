@@ -23,11 +23,12 @@ from confluent_kafka.admin import (
 )
 
 from esflow.domain.messages import AGGREGATE_TYPES
+from esflow.domain.process.registry import PROCESS_NAMES
 from esflow.errors import PartitionChangeRefused, TopicError, translate
 from esflow.settings import TopicSettings
 
 AGGREGATES: tuple[str, ...] = AGGREGATE_TYPES
-PROCESS_NAMES: tuple[str, ...] = ()
+PROCESSES: tuple[str, ...] = PROCESS_NAMES
 
 DAY_MS = 24 * 60 * 60 * 1000
 INFINITE = -1
@@ -149,7 +150,7 @@ def catalogue(settings: TopicSettings | None = None) -> list[TopicSpec]:
         )
     )
     specs.append(TopicSpec(dead_letter_topic(s), 1, 30 * DAY_MS, purpose="undecodable or unknown commands"))
-    for process in PROCESS_NAMES:
+    for process in PROCESSES:
         specs += process_topics(process, s)
     return specs
 

@@ -232,7 +232,7 @@ def test_a_deadline_fires_after_the_worker_is_killed_and_restarted(
     record = eventually(
         lambda: instance(penv, order), timeout=90, interval=0.3, what="the instance", details=w.tail
     )
-    assert "payment" in record.timers
+    assert record is not None and "payment" in record.timers
     w.kill()
     deadline = record.timers["payment"].timestamp()
     # Dead past its deadline: the timer lives in the state topic, not in the dead worker.
@@ -264,8 +264,11 @@ def test_sigkills_mid_run_lose_nothing_and_execute_nothing_twice(
             if round_ < 3:
                 # Kill it mid-round: once one instance of the round is recorded, the rest are in flight.
                 probe = batch[rng.randrange(len(batch))]
-                eventually(lambda p=probe: instance(penv, p), timeout=90, interval=0.1, what="work under way",
-                           details=w.tail)  # fmt: skip
+
+                def started(order: uuid.UUID = probe) -> InstanceRecord | None:
+                    return instance(penv, order)
+
+                eventually(started, timeout=90, interval=0.1, what="work under way", details=w.tail)
                 w.kill()
                 w.start()
         ended = wait_ended(penv, orders, w, timeout=240)
