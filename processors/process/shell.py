@@ -1,12 +1,13 @@
 """Interim transactional shell for the process runtime, with the contract of ``processors.loop``.
 
-The shared design puts one transactional loop under both the command processor and the process managers
-(``processors/loop.py``, being written on branch ``loop``). Until it is merged, the process runtime runs on
-this small one with the same names (:class:`Outgoing`, :class:`Incoming`, :class:`Step`,
-:class:`TransactionalLoop`): consume, begin, ``step.process`` + ``step.due``, produce, send offsets,
-commit; on an abortable error abort, ``step.aborted()`` and rewind to the committed offsets. It lacks the
-processor's send-offsets watchdog and producer renewal: a fatal producer error stops it (a restart's
-``init_transactions`` settles what was open). Delete it once ``processors.loop`` is in.
+The shared design puts one transactional loop under both the command processor and the process
+managers (the module ``processors.loop``, being written on branch ``loop``). Until it is merged, the
+process runtime runs on this small one with the same names (:class:`Outgoing`, :class:`Incoming`,
+:class:`Step`, :class:`TransactionalLoop`): consume, begin, ``step.process`` + ``step.due``, produce,
+send offsets, commit; on an abortable error abort, ``step.aborted()`` and rewind to the committed
+offsets. It lacks the processor's send-offsets watchdog and producer renewal: a fatal producer error
+stops it (a restart's ``init_transactions`` settles what was open). Delete it once ``processors.loop``
+is in.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from esflow.errors import TopicError
 from esflow.messaging.topics import (
     AGGREGATES,
     INFINITE,
+    PROCESSES,
     TopicPlan,
     TopicSpec,
     catalogue,
@@ -63,4 +64,5 @@ def test_durable_topics_get_min_insync_replicas_from_the_cluster_size() -> None:
         *(f"events.{a}" for a in AGGREGATES),
         *(f"snapshots.{a}" for a in AGGREGATES),
         "command-results",
+        *(f"process.{p}.state" for p in PROCESSES),
     }
