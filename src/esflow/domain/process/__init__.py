@@ -13,6 +13,7 @@ from typing import Any
 
 from esflow.domain.process.base import (
     ENDED_STATUSES,
+    TIMEOUT,
     Action,
     AnswerIn,
     CancelTimer,
@@ -39,6 +40,7 @@ its ``payment_window``)."""
 __all__ = [
     "ENDED_STATUSES",
     "PROCESSES",
+    "TIMEOUT",
     "Action",
     "AnswerIn",
     "CancelTimer",

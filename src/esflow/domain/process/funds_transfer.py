@@ -26,6 +26,7 @@ from uuid import UUID
 
 from esflow.domain.account import DepositFunds, WithdrawFunds
 from esflow.domain.process.base import (
+    TIMEOUT,
     Action,
     AnswerIn,
     EventIn,
@@ -39,9 +40,6 @@ from esflow.domain.transfer import CompleteTransfer, FailTransfer, TransferReque
 from esflow.domain.values import Frozen, Money
 
 WITHDRAW, DEPOSIT, REFUND, COMPLETE, FAIL = "withdraw", "deposit", "refund", "complete", "fail"
-
-TIMEOUT = "timeout"
-"""The reason of a final answer the runtime never received: the command may or may not have run."""
 
 Phase = Literal[
     "withdrawing", "depositing", "refunding", "completing", "failing", "completed", "compensated", "failed"
