@@ -9,10 +9,12 @@ from uuid import UUID, uuid4
 import pytest
 from pydantic import ValidationError
 
-from esflow.domain.account import DepositFunds
+from esflow.domain.account import DepositFunds, FundsDeposited
+from esflow.domain.messages import EventEnvelope, EventMetadata
 from esflow.domain.process import (
     AnswerIn,
     CancelTimer,
+    EventIn,
     RetryPolicy,
     Send,
     SetTimer,
@@ -77,3 +79,29 @@ def test_a_send_serialises_its_command_with_the_command_s_own_fields() -> None:
 def test_an_answer_knows_whether_it_was_accepted() -> None:
     assert AnswerIn(step="s", outcome="accepted").accepted
     assert not AnswerIn(step="s", outcome="rejected", reason="insufficient_funds").accepted
+
+
+def test_an_event_input_carries_its_envelope_s_ids() -> None:
+    deposited = FundsDeposited(amount=Money(amount=Decimal("2.00"), currency="EUR"))
+    meta = EventMetadata(
+        event_id=uuid4(),
+        aggregate_type="account",
+        aggregate_id=uuid4(),
+        aggregate_version=2,
+        occurred_at=datetime(2026, 12, 4, 12, 0, tzinfo=UTC),
+        command_id=uuid4(),
+        correlation_id=uuid4(),
+        causation_id=uuid4(),
+    )
+    message = EventIn.from_envelope(EventEnvelope(metadata=meta, event=deposited))
+    assert message.event is deposited
+    assert (message.aggregate_type, message.aggregate_id, message.event_id) == (
+        "account",
+        meta.aggregate_id,
+        meta.event_id,
+    )
+    assert (message.correlation_id, message.causation_id, message.occurred_at) == (
+        meta.correlation_id,
+        meta.causation_id,
+        meta.occurred_at,
+    )

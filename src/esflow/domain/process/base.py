@@ -35,7 +35,7 @@ from uuid import UUID, uuid5
 
 from pydantic import BaseModel, Field, SerializeAsAny
 
-from esflow.domain.messages import Command, Event
+from esflow.domain.messages import Command, Event, EventEnvelope
 from esflow.domain.values import Frozen, UtcDatetime
 
 S = TypeVar("S", bound=BaseModel)
@@ -94,6 +94,20 @@ class EventIn(Frozen):
     correlation_id: UUID
     causation_id: UUID
     occurred_at: UtcDatetime
+
+    @classmethod
+    def from_envelope(cls, envelope: EventEnvelope) -> EventIn:
+        """The input a decoded event envelope makes."""
+        meta = envelope.metadata
+        return cls(
+            event=envelope.event,
+            aggregate_type=meta.aggregate_type,
+            aggregate_id=meta.aggregate_id,
+            event_id=meta.event_id,
+            correlation_id=meta.correlation_id,
+            causation_id=meta.causation_id,
+            occurred_at=meta.occurred_at,
+        )
 
 
 class AnswerIn(Frozen):

@@ -167,8 +167,14 @@ class OrderFulfilment(ProcessDefinition[FulfilmentState]):
         return None
 
     def correlate(self, event: EventIn) -> UUID | None:
-        """Every order event belongs to the instance of its order (the instance id is the order id)."""
-        return event.aggregate_id if event.aggregate_type == "order" else None
+        """The order's instance, for the events that advance it: cancelled, shipped or delivered.
+
+        Found from the order id whoever caused the event: a customer's CancelOrder does not carry the
+        instance id as its correlation id. Other order events are left out, so the runtime need not look
+        an instance up for each.
+        """
+        advancing = isinstance(event.event, OrderCancelled | OrderShipped | OrderDelivered)
+        return event.aggregate_id if advancing else None
 
     def start(self, event: EventIn, now: datetime) -> Reaction[FulfilmentState]:
         """Set the payment deadline and reserve every line."""

@@ -88,8 +88,8 @@ class FundsTransfer(ProcessDefinition[TransferProcessState]):
         return event.aggregate_id if isinstance(event.event, TransferRequested) else None
 
     def correlate(self, event: EventIn) -> UUID | None:
-        """Transfer events belong to the instance of their transfer (none needs one after the start)."""
-        return event.aggregate_id if event.aggregate_type == "transfer" else None
+        """None: after the start only answers advance a transfer, so no event needs routing."""
+        return None
 
     def start(self, event: EventIn, now: datetime) -> Reaction[TransferProcessState]:
         """Withdraw the amount from the source account."""
