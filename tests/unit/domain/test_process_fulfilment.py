@@ -100,6 +100,8 @@ def test_an_order_without_an_account_starts_nothing() -> None:
 
 def test_order_events_correlate_by_order_id_whatever_their_correlation_id() -> None:
     assert FULFIL.correlate(event_in(OrderCancelled(reason="x"), ORDER)) == ORDER
+    assert FULFIL.correlate(event_in(OrderShipped(carrier="c", tracking_number="t"), ORDER)) == ORDER
+    assert FULFIL.correlate(event_in(OrderConfirmed(), ORDER, correlation_id=ORDER)) is None
     assert (
         FULFIL.correlate(event_in(StockReserved(order_id=ORDER, quantity=1), P1, correlation_id=ORDER))
         is None

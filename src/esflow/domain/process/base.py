@@ -35,10 +35,13 @@ from uuid import UUID, uuid5
 
 from pydantic import BaseModel, Field, SerializeAsAny
 
-from esflow.domain.messages import Command, Event
+from esflow.domain.messages import Command, Event, EventEnvelope
 from esflow.domain.values import Frozen, UtcDatetime
 
 S = TypeVar("S", bound=BaseModel)
+
+TIMEOUT = "timeout"
+"""The reason of a final answer that never came: the command may or may not have run."""
 
 StepName = str
 """A step's name: unique within one instance, part of the derived command id (e.g. ``reserve/<id>``)."""
@@ -92,13 +95,27 @@ class EventIn(Frozen):
     causation_id: UUID
     occurred_at: UtcDatetime
 
+    @classmethod
+    def from_envelope(cls, envelope: EventEnvelope) -> EventIn:
+        """The input a decoded event envelope makes."""
+        meta = envelope.metadata
+        return cls(
+            event=envelope.event,
+            aggregate_type=meta.aggregate_type,
+            aggregate_id=meta.aggregate_id,
+            event_id=meta.event_id,
+            correlation_id=meta.correlation_id,
+            causation_id=meta.causation_id,
+            occurred_at=meta.occurred_at,
+        )
+
 
 class AnswerIn(Frozen):
     """The final answer to the command of step ``step``.
 
     Final: the runtime already re-sent retryable rejections and unanswered commands as its
     :class:`RetryPolicy` says. ``reason`` is the rejection's reason code (a business code, a bad-input code
-    of a dead-letter report, or ``timeout`` when no answer ever came); ``None`` when accepted.
+    of a dead-letter report, or :data:`TIMEOUT` when no answer ever came); ``None`` when accepted.
     """
 
     step: StepName
@@ -151,7 +168,7 @@ class RetryPolicy(Frozen):
     - After ``max_attempts`` the last rejection (or ``timeout``) is the final answer.
     """
 
-    retryable: frozenset[str] = frozenset({"version_conflict", "timeout"})
+    retryable: frozenset[str] = frozenset({"version_conflict", TIMEOUT})
     first_delay_s: float = Field(default=0.2, gt=0)
     max_delay_s: float = Field(default=10.0, gt=0)
     answer_timeout_s: float = Field(default=30.0, gt=0)

@@ -19,6 +19,9 @@ reservation or a charge accepted after compensation started is undone too. The i
 ``compensated``, or ``failed`` when an undo step itself was refused or a charge's outcome is unknown (no
 answer ever came), which a person must look at.
 
+Lines changed between placing and confirming (AddOrderItem, RemoveOrderItem) are not followed: the order
+then refuses the payment (``amount_mismatch``) and the instance compensates.
+
 A completed order cancelled later by someone else (an OrderCancelled the process did not cause) is
 compensated the same way: its reservations are released and its payment refunded. Once shipped it can no
 longer be cancelled, and the instance is final.
@@ -44,6 +47,7 @@ from esflow.domain.order import (
     OrderShipped,
 )
 from esflow.domain.process.base import (
+    TIMEOUT,
     Action,
     AnswerIn,
     CancelTimer,
@@ -62,9 +66,6 @@ from esflow.domain.values import Frozen, Int32, Money
 
 PAYMENT_DEADLINE = "payment"
 """The name of the timer by which the charge must be accepted."""
-
-TIMEOUT = "timeout"
-"""The reason of a final answer the runtime never received: the command may or may not have run."""
 
 CONFIRM, CHARGE, MARK_PAID, REFUND, CANCEL = "confirm", "charge", "mark-paid", "refund", "cancel"
 
@@ -107,10 +108,6 @@ class FulfilmentState(Frozen):
     pending: frozenset[str] = frozenset()
     problems: tuple[str, ...] = ()
     final: bool = False
-
-    def line(self, product_id: UUID) -> Line | None:
-        """The line of ``product_id``, if the order has one."""
-        return next((line for line in self.lines if line.product_id == product_id), None)
 
     def with_line(self, product_id: UUID, status: LineStatus) -> FulfilmentState:
         """The state with one line's status changed."""
@@ -170,8 +167,14 @@ class OrderFulfilment(ProcessDefinition[FulfilmentState]):
         return None
 
     def correlate(self, event: EventIn) -> UUID | None:
-        """Every order event belongs to the instance of its order (the instance id is the order id)."""
-        return event.aggregate_id if event.aggregate_type == "order" else None
+        """The order's instance, for the events that advance it: cancelled, shipped or delivered.
+
+        Found from the order id whoever caused the event: a customer's CancelOrder does not carry the
+        instance id as its correlation id. Other order events are left out, so the runtime need not look
+        an instance up for each.
+        """
+        advancing = isinstance(event.event, OrderCancelled | OrderShipped | OrderDelivered)
+        return event.aggregate_id if advancing else None
 
     def start(self, event: EventIn, now: datetime) -> Reaction[FulfilmentState]:
         """Set the payment deadline and reserve every line."""
@@ -318,7 +321,9 @@ class OrderFulfilment(ProcessDefinition[FulfilmentState]):
     # --------------------------------------------------------------------------------- compensation
 
     def _cancelled(self, state: FulfilmentState, reason: str) -> Reaction[FulfilmentState]:
-        if state.cancel_sent or state.order_cancelled or state.final:
+        if state.final:
+            return _reaction(state)
+        if state.cancel_sent or state.order_cancelled:  # the process's own CancelOrder, or a repeat
             return _reaction(state.model_copy(update={"order_cancelled": True}))
         state = state.model_copy(update={"order_cancelled": True})
         if state.status in ("running", "completed"):

@@ -26,6 +26,7 @@ from uuid import UUID
 
 from esflow.domain.account import DepositFunds, WithdrawFunds
 from esflow.domain.process.base import (
+    TIMEOUT,
     Action,
     AnswerIn,
     EventIn,
@@ -39,9 +40,6 @@ from esflow.domain.transfer import CompleteTransfer, FailTransfer, TransferReque
 from esflow.domain.values import Frozen, Money
 
 WITHDRAW, DEPOSIT, REFUND, COMPLETE, FAIL = "withdraw", "deposit", "refund", "complete", "fail"
-
-TIMEOUT = "timeout"
-"""The reason of a final answer the runtime never received: the command may or may not have run."""
 
 Phase = Literal[
     "withdrawing", "depositing", "refunding", "completing", "failing", "completed", "compensated", "failed"
@@ -90,8 +88,8 @@ class FundsTransfer(ProcessDefinition[TransferProcessState]):
         return event.aggregate_id if isinstance(event.event, TransferRequested) else None
 
     def correlate(self, event: EventIn) -> UUID | None:
-        """Transfer events belong to the instance of their transfer (none needs one after the start)."""
-        return event.aggregate_id if event.aggregate_type == "transfer" else None
+        """None: after the start only answers advance a transfer, so no event needs routing."""
+        return None
 
     def start(self, event: EventIn, now: datetime) -> Reaction[TransferProcessState]:
         """Withdraw the amount from the source account."""
