@@ -264,7 +264,7 @@ class ProcessStep:
         envelope = self._decode_event(message)
         if envelope is None:
             return
-        event_in = _event_in(envelope)
+        event_in = EventIn.from_envelope(envelope)
         instance = self.definition.starts(event_in) or self.definition.correlate(event_in)
         if instance is not None:
             self._to_inbox(instance, message, turn)
@@ -319,7 +319,7 @@ class ProcessStep:
         envelope = self._decode_event(message)
         if envelope is None:
             return
-        event_in = _event_in(envelope)
+        event_in = EventIn.from_envelope(envelope)
         if event_in.aggregate_type not in self.topics.subscribes:
             return
         starts = self.definition.starts(event_in)
@@ -570,19 +570,6 @@ class ProcessStep:
 def _due_by(record: InstanceRecord, limit: datetime) -> bool:
     moment = record.next_due()
     return moment is not None and moment <= limit
-
-
-def _event_in(envelope: EventEnvelope) -> EventIn:
-    meta = envelope.metadata
-    return EventIn(
-        event=envelope.event,
-        aggregate_type=meta.aggregate_type,
-        aggregate_id=meta.aggregate_id,
-        event_id=meta.event_id,
-        correlation_id=meta.correlation_id,
-        causation_id=meta.causation_id,
-        occurred_at=meta.occurred_at,
-    )
 
 
 def _json_state(state: BaseModel) -> dict[str, Any]:
