@@ -43,9 +43,8 @@ class _Node:
 
 
 def _label(entry: HistoryEntry) -> str:
-    arrow = "->" if entry.direction == "in" else "<-"
     step = f" [{entry.step}]" if entry.step else ""
-    return f"{arrow} {entry.kind} {entry.what}{step}  {entry.id}  {entry.at:%H:%M:%S.%f}"[:-3]
+    return f"{entry.direction:<3} {entry.kind} {entry.what}{step}  {entry.id}  {entry.at:%H:%M:%S.%f}"[:-3]
 
 
 def tree(history: Sequence[HistoryEntry]) -> list[_Node]:

@@ -322,3 +322,29 @@ def test_unsubscribed_or_misrouted_events_are_dropped() -> None:
     assert not step.process([misrouted], T0)
     paid = OrderPaid(payment_ref="p", amount=Money(amount=Decimal(1), currency="EUR"))
     assert paid.aggregate_type == "order"
+
+
+def test_the_timeline_nests_commands_under_their_causes() -> None:
+    from processors.process.timeline import render, tree
+
+    step, loader = make_step()
+    order, _, charge = start(step, loader)
+    out = run(step, loader, [answer(charge, "rejected", "insufficient_funds")], T0 + 1)
+    (cancel,) = commands(out)
+    run(step, loader, [answer(cancel, "accepted")], T0 + 2)
+    record = step.instance(order)
+    assert record is not None
+    (root,) = tree(record.history)  # the OrderPlaced event
+    assert root.entry.kind == "event"
+    (sent,) = root.children  # WithdrawFunds, caused by the event
+    assert sent.entry.what == "WithdrawFunds"
+    (rejected,) = sent.children  # its answer
+    assert rejected.entry.what == "rejected (insufficient_funds)"
+    (cancelling,) = rejected.children  # CancelOrder, caused by the answer
+    assert cancelling.entry.what == "CancelOrder" and cancelling.children[0].entry.kind == "answer"
+    text = render(record)
+    assert (
+        text.splitlines()[0]
+        == f"charge {order}: compensated (step cancelled) - payment rejected: insufficient_funds"
+    )
+    assert "            `-- out command CancelOrder [cancel]" in text
