@@ -528,7 +528,8 @@ class ProcessStep:
         committed = self._committed.get(instance)
         if committed is None:
             return None
-        record = self._staged[instance] = committed.model_copy(deep=True)
+        # A validated copy: pydantic-core builds it several times faster than a deepcopy of the models.
+        record = self._staged[instance] = InstanceRecord.model_validate(committed.model_dump())
         return record
 
     def _flush_state(self, turn: _Turn) -> None:
