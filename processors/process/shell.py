@@ -150,7 +150,13 @@ class TransactionalLoop:
         due = self.step.next_due()
         if due is not None:
             wait = max(0.0, min(wait, due - time.time()))
-        messages = [m for m in consumer.consume(self.batch_max, wait) if m.error() is None]
+        # consume(n, timeout) blocks for its whole timeout unless n messages come: wait for the first
+        # one, then take what else is already fetched (as the command processor does).
+        first = consumer.poll(wait)
+        fetched = [first] if first is not None else []
+        if first is not None and self.batch_max > 1:
+            fetched += consumer.consume(self.batch_max - 1, 0.002)
+        messages = [m for m in fetched if m.error() is None]
         now = time.time()
         offsets: dict[tuple[str, int], int] = {}
         for m in messages:

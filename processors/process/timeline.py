@@ -36,6 +36,19 @@ def find_instance(settings: Settings, processes: Sequence[str], instance_id: UUI
     return None
 
 
+def all_instances(settings: Settings, process: str) -> list[InstanceRecord]:
+    """Every committed instance record of ``process`` (reads its whole state topic)."""
+    topic = process_state_topic(process, settings.topics)
+    try:
+        meta = admin_client(settings.kafka).list_topics(topic, timeout=15).topics.get(topic)
+    except KafkaException as exc:
+        raise TopicError(f"cannot read the metadata of {topic}: {exc.args[0].str()}") from exc
+    if meta is None or meta.error is not None:
+        raise TopicError(f"no topic {topic}", hint="run `esflow topics apply`")
+    loader = StateTopicLoader(settings.kafka, topic, timeout_s=120)
+    return [InstanceRecord.from_bytes(v) for p in sorted(meta.partitions) for v in loader.load(p)]
+
+
 @dataclass
 class _Node:
     entry: HistoryEntry
