@@ -85,6 +85,21 @@ class InstanceRecord(BaseModel):
         """Parse a state-topic value."""
         return cls.model_validate_json(data)
 
+    def staged_copy(self) -> InstanceRecord:
+        """A copy the open transaction may change while this one stays as committed.
+
+        Copies only what the runtime mutates in place (the timer and send maps, the sends themselves, the
+        history list); ``state`` is only ever replaced, and history entries never change. A deep copy or
+        a re-validation of the whole record cost most of the time of handling an answer.
+        """
+        return self.model_copy(
+            update={
+                "timers": dict(self.timers),
+                "sends": {k: v.model_copy() for k, v in self.sends.items()},
+                "history": list(self.history),
+            }
+        )
+
     def log(self, entry: HistoryEntry) -> None:
         """Append to the history, keeping the first entry and the newest ones."""
         self.history.append(entry)

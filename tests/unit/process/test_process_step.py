@@ -121,6 +121,7 @@ def commands(out: Iterable[Outgoing]) -> list[CommandEnvelope]:
         if o.topic.startswith("t.commands."):
             env = CODEC.decode(o.value or b"", kind="command")
             assert o.key == str(env.metadata.aggregate_id).encode()
+            assert o.headers == CODEC.headers(env)  # what the SDK writes for the same envelope
             found.append(env)
     return found
 
