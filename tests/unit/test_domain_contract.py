@@ -28,7 +28,7 @@ from esflow.messaging import result_schema
 from esflow.messaging import results as rc
 from esflow.messaging.kafka import partition_for
 from ops.schemas import schemas
-from processors import processor
+from processors import step as command_step
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "domain.md"
@@ -214,7 +214,7 @@ def test_business_and_bad_input_codes_are_disjoint() -> None:
 
 def test_the_processor_dead_letters_only_documented_bad_input_codes() -> None:
     # Every rc.<CODE> the processor names must be one of the codes found above (and so documented below).
-    tree = ast.parse(Path(processor.__file__).read_text(encoding="utf-8"))
+    tree = ast.parse(Path(command_step.__file__).read_text(encoding="utf-8"))
     named = {
         getattr(rc, node.attr)
         for node in ast.walk(tree)
@@ -308,7 +308,7 @@ def test_every_result_header_is_documented() -> None:
 
 def test_every_dead_letter_header_is_documented() -> None:
     section = _section("### `DeadLetterReport`", _section(ANSWERS))
-    names = [v for k, v in vars(processor).items() if k.startswith("DLQ_") and isinstance(v, str)]
+    names = [v for k, v in vars(command_step).items() if k.startswith("DLQ_") and isinstance(v, str)]
     assert len(names) >= 5
     for name in names:
         assert f"`{name}`" in section, f"dead-letter header {name} is not documented"

@@ -37,7 +37,8 @@ from esflow.messaging.codec import HEADER_ID
 from esflow.messaging.kafka import partition_for
 from esflow.messaging.results import CommandResult, answer_key, is_report_key
 from esflow.settings import KafkaSettings
-from processors.processor import DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC, Processor
+from processors.processor import Processor
+from processors.step import DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC
 from tests.integration.processor.kit import (
     CODEC,
     Env,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from processors.processor import _EventIds
+from processors.step import _EventIds
 
 
 def test_event_ids_are_canonical_random_uuids_across_blocks() -> None:
