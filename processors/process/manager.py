@@ -1,7 +1,7 @@
 """The process-manager step: routes inputs to their instance's partition and runs the instances there.
 
 One :class:`ProcessStep` runs one :class:`~esflow.domain.process.ProcessDefinition` on the transactional
-shell (``processors.loop``); every record it returns is written in the shell's transaction together
+shell (:mod:`processors.loop`); every record it returns is written in the shell's transaction together
 with the offsets of the messages it consumed. It reads three kinds of topic:
 
 - **Sources** (``events.<aggregate>`` of the aggregates the process subscribes to, and ``command-results``):
@@ -72,9 +72,9 @@ from esflow.messaging.codec import (
 )
 from esflow.messaging.results import CommandResult, is_report_key
 from esflow.settings import TopicSettings
+from processors.loop import Incoming, Outgoing
 from processors.process.metrics import ProcessMetrics
 from processors.process.records import HistoryEntry, InstanceRecord, PendingSend, utc
-from processors.process.shell import Incoming, Outgoing
 
 log = logging.getLogger("esflow.process")
 

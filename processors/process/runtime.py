@@ -1,4 +1,4 @@
-"""Running process definitions: one transactional loop (``processors.loop``) per process, in one worker.
+"""Running process definitions: one transactional loop (:mod:`processors.loop`) per process, one worker.
 
 Each process is its own consumer group (``<group_prefix>-<name>``) with its own transactional id, so a
 process can be scaled, restarted or fenced alone; a worker that runs several processes runs each loop on
@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -20,9 +21,9 @@ from esflow.domain.process.registry import PROCESS_TYPES
 from esflow.errors import ConfigError
 from esflow.messaging.codec import Codec
 from esflow.settings import Settings
+from processors.loop import LoopOptions, TransactionalLoop
 from processors.process.manager import ProcessStep, ProcessTopics
 from processors.process.metrics import ProcessMetrics
-from processors.process.shell import TransactionalLoop
 from processors.process.store import StateTopicLoader
 
 log = logging.getLogger("esflow.process")
@@ -70,6 +71,11 @@ class ProcessWorker:
         self.metrics = metrics or ProcessMetrics()
         self.steps: dict[str, ProcessStep] = {}
         self.loops: dict[str, TransactionalLoop] = {}
+        # The processor's batching and timeouts, with its own restore bound.
+        options = replace(
+            LoopOptions.from_processor(settings.processor),
+            assign_timeout_s=settings.process.restore_timeout_s,
+        )
         for definition in definitions:
             topics = ProcessTopics(definition.name, settings.topics, definition.subscribes())
             loader = StateTopicLoader(
@@ -83,6 +89,9 @@ class ProcessWorker:
                 topics=topics.consumed,
                 group_id=settings.process.group_id(definition.name),
                 transactional_id=settings.process.transactional_id(definition.name),
+                options=options,
+                metrics=self.metrics,
+                logger=logging.getLogger(f"esflow.process.{definition.name}"),
             )
         self._threads: list[threading.Thread] = []
         self.errors: dict[str, BaseException] = {}

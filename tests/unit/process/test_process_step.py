@@ -19,9 +19,9 @@ from esflow.domain.values import Address, Money, OrderItem
 from esflow.messaging.codec import Codec
 from esflow.messaging.results import CommandResult, answer_key, report_key
 from esflow.settings import TopicSettings
+from processors.loop import Outgoing
 from processors.process.manager import ProcessStep, ProcessTopics
 from processors.process.records import InstanceRecord
-from processors.process.shell import Outgoing
 from tests.unit.process.toy import ChargeOrder
 
 T0 = 1_800_000_000.0
