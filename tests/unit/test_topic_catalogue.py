@@ -63,4 +63,5 @@ def test_durable_topics_get_min_insync_replicas_from_the_cluster_size() -> None:
         *(f"events.{a}" for a in AGGREGATES),
         *(f"snapshots.{a}" for a in AGGREGATES),
         "command-results",
+        "scheduled-commands.pending",  # the only copy of a scheduled command once its source expired
     }
