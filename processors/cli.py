@@ -14,6 +14,7 @@ from esflow.messaging.codec import Codec
 from esflow.settings import load_settings
 from processors.metrics import Metrics
 from processors.processor import Processor
+from processors.scheduler import Scheduler
 
 
 @click.group()
@@ -64,4 +65,48 @@ def run_cmd(instance_id: str | None, group_id: str | None, metrics_port: int | N
     click.echo(
         f"processor {psettings.transactional_id} stopped: {proc.committed_batches} batches committed, "
         f"{proc.aborted_batches} aborted"
+    )
+
+
+@click.group()
+def scheduler() -> None:
+    """The scheduler: deliver scheduled commands (`esflow send --at`) to their command topics when due."""
+
+
+@scheduler.command("run")
+@click.option("--instance-id", help="Overrides ESFLOW_SCHEDULER_INSTANCE_ID (stable per instance).")
+@click.option("--metrics-port", type=int, help="Overrides ESFLOW_SCHEDULER_METRICS_PORT (0 = off).")
+@click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
+def scheduler_run_cmd(instance_id: str | None, metrics_port: int | None, log_level: str) -> None:
+    """Deliver due commands until SIGTERM/SIGINT, then finish the open transaction and leave the group."""
+    logging.basicConfig(
+        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = load_settings()
+    overrides = {
+        k: v for k, v in (("instance_id", instance_id), ("metrics_port", metrics_port)) if v is not None
+    }
+    ssettings = settings.scheduler.model_copy(update=overrides)
+    settings = settings.model_copy(update={"scheduler": ssettings})
+    metrics = Metrics()
+    loop = Scheduler(settings, metrics=metrics)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger("esflow.scheduler").info("%s: stopping", signal.Signals(signum).name)
+        loop.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if ssettings.metrics_port:
+        port = metrics.serve(ssettings.metrics_host, ssettings.metrics_port)
+        logging.getLogger("esflow.scheduler").info(
+            "metrics on http://%s:%d/metrics", ssettings.metrics_host, port
+        )
+    try:
+        loop.run()
+    finally:
+        metrics.close()
+    click.echo(
+        f"scheduler {ssettings.transactional_id} stopped: {loop.committed_batches} transactions committed, "
+        f"{loop.aborted_batches} aborted, {len(loop.step)} commands pending"
     )

@@ -80,6 +80,13 @@ def _require_processor_for(settings: Settings, envelopes: list[CommandEnvelope])
 )
 @click.option("--wait", is_flag=True, help="Wait for each command's result from the processor.")
 @click.option(
+    "--at",
+    "at_text",
+    metavar="ISO-TIME",
+    help="Deliver the commands at this time (ISO 8601 with a UTC offset, e.g. 2030-01-01T09:00:00Z); "
+    "`esflow scheduler run` delivers them.",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=30.0,
@@ -87,7 +94,12 @@ def _require_processor_for(settings: Settings, envelopes: list[CommandEnvelope])
     help="Seconds to wait for results.",
 )
 def send(
-    command_type: str | None, json_text: str | None, file_path: Path | None, wait: bool, timeout: float
+    command_type: str | None,
+    json_text: str | None,
+    file_path: Path | None,
+    wait: bool,
+    at_text: str | None,
+    timeout: float,
 ) -> None:
     """Validate and publish commands; prints one JSON receipt (or, with --wait, result) per command.
 
@@ -97,6 +109,9 @@ def send(
     """
     if (json_text is None) == (file_path is None):
         raise click.UsageError("give exactly one of --json or --file")
+    at = _parse_at(at_text) if at_text is not None else None
+    if at is not None and wait:
+        raise click.UsageError("--at and --wait do not go together: the result comes when the command is due")
     if json_text is not None:
         env = from_json(command_type, _parse_json(json_text, ""))
         settings = load_settings()
@@ -104,7 +119,7 @@ def send(
             _require_processor_for(settings, [env])
         with CommandClient(settings) as client:
             if not wait:
-                click.echo(_receipt_json(client.send(env)))
+                click.echo(_receipt_json(client.send(env, not_before=at)))
                 return
             result = client.send_and_wait(env, timeout=timeout)
         click.echo(_result_json(result))
@@ -113,10 +128,22 @@ def send(
             sys.exit(2)
         return
     assert file_path is not None
-    _send_file(command_type, file_path, wait=wait, timeout=timeout)
+    _send_file(command_type, file_path, wait=wait, timeout=timeout, at=at)
 
 
-def _send_file(command_type: str | None, path: Path, *, wait: bool, timeout: float) -> None:
+def _parse_at(text: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r} is not an ISO 8601 time", param_hint="--at") from exc
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise click.BadParameter(f"{text!r} has no UTC offset (add Z or +01:00)", param_hint="--at")
+    return at
+
+
+def _send_file(
+    command_type: str | None, path: Path, *, wait: bool, timeout: float, at: datetime | None = None
+) -> None:
     envelopes: list[CommandEnvelope] = []
     bad: list[str] = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
@@ -154,7 +181,7 @@ def _send_file(command_type: str | None, path: Path, *, wait: bool, timeout: flo
                 if isinstance(outcome, EsflowError):
                     failed.append(outcome.one_line())
 
-            sent = client.send_many(envelopes, on_ack=on_ack, raise_on_failure=False)
+            sent = client.send_many(envelopes, on_ack=on_ack, raise_on_failure=False, not_before=at)
     for receipt in sent:
         click.echo(_receipt_json(receipt))
     for message in failed:

@@ -363,6 +363,33 @@ class ProcessSettings(BaseSettings):
         return f"{self.group_id(process)}-{self.instance_id}"
 
 
+class SchedulerSettings(BaseSettings):
+    """The scheduler (``esflow scheduler run``): delivers scheduled commands when they are due."""
+
+    model_config = SettingsConfigDict(env_prefix="ESFLOW_SCHEDULER_", extra="ignore")
+
+    group_id: str = Field("esflow-scheduler", description="Consumer group of all scheduler instances.")
+    instance_id: str = Field(
+        "0", pattern=r"^[A-Za-z0-9._-]+$", description="Stable per instance: names its transactional.id."
+    )
+    batch_max_commands: int = Field(1000, ge=1, description="Most commands read or sent per transaction.")
+    tick_ms: int = Field(200, ge=1, description="Longest wait for input before due commands are looked at.")
+    transaction_timeout_ms: int = Field(
+        10000, ge=1000, description="Broker aborts a transaction left open this long (a dead instance's)."
+    )
+    session_timeout_ms: int = Field(10000, ge=1000, description="Consumer group session timeout.")
+    load_timeout_s: float = Field(
+        300.0, gt=0, description="Longest load of an assignment's pending commands."
+    )
+    metrics_port: int = Field(0, ge=0, le=65535, description="HTTP /metrics, /healthz, /readyz; 0 disables.")
+    metrics_host: str = Field("127.0.0.1", description="Interface of the metrics server.")
+
+    @property
+    def transactional_id(self) -> str:
+        """Stable per instance, so a restarted instance fences its predecessor and aborts its open txn."""
+        return f"{self.group_id}-{self.instance_id}"
+
+
 class Settings(BaseSettings):
     """All settings, grouped by concern."""
 
@@ -377,6 +404,7 @@ class Settings(BaseSettings):
     schemas: SchemaSettings = Field(default_factory=SchemaSettings)
     projections: ProjectionSettings = Field(default_factory=ProjectionSettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
 
 
 def load_settings() -> Settings:

@@ -65,4 +65,5 @@ def test_durable_topics_get_min_insync_replicas_from_the_cluster_size() -> None:
         *(f"snapshots.{a}" for a in AGGREGATES),
         "command-results",
         *(f"process.{p}.state" for p in PROCESSES),
+        "scheduled-commands.pending",  # the only copy of a scheduled command once its source expired
     }

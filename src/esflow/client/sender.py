@@ -11,6 +11,7 @@ import asyncio
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -23,7 +24,8 @@ from esflow.errors import DeliveryFailed, ResultTimeout
 from esflow.messaging.codec import Codec
 from esflow.messaging.kafka import producer_config
 from esflow.messaging.results import CommandResult
-from esflow.messaging.topics import command_topic
+from esflow.messaging.scheduling import due_millis, schedule_headers
+from esflow.messaging.topics import command_topic, scheduled_topic
 from esflow.settings import Settings, load_settings
 
 
@@ -116,14 +118,25 @@ class CommandClient:
         """The command topic of the envelope's aggregate type."""
         return command_topic(env.metadata.aggregate_type, self.settings.topics)
 
-    def _produce(self, env: CommandEnvelope, on_done: Callable[[KafkaError | None, Message], None]) -> None:
+    def _produce(
+        self,
+        env: CommandEnvelope,
+        on_done: Callable[[KafkaError | None, Message], None],
+        not_before: datetime | None = None,
+    ) -> None:
         topic = self.topic_for(env)
         value = self.codec.encode(env, topic=topic)
         headers: list[tuple[str, str | bytes | None]] = list(self.codec.headers(env))
+        destination = topic
+        if not_before is not None:
+            # The record its command topic would hold, parked with a due time: the scheduler delivers it
+            # unchanged (same key, so one aggregate's scheduled commands stay in order).
+            headers.extend(schedule_headers(not_before, topic))
+            destination = scheduled_topic(self.settings.topics)
         while True:
             try:
                 self._producer.produce(
-                    topic,
+                    destination,
                     value=value,
                     key=self.codec.key(env),
                     headers=headers,
@@ -138,16 +151,21 @@ class CommandClient:
         self,
         command: Command | CommandEnvelope,
         aggregate_id: UUID | None = None,
+        *,
+        not_before: datetime | None = None,
         **metadata: Any,
     ) -> SendReceipt:
         """Validate, publish and wait for the broker's acknowledgement.
 
         ``metadata``: ``expected_version``, ``command_id``, ``correlation_id``, ``causation_id``.
+        ``not_before`` (timezone-aware) schedules the command: it goes to ``scheduled-commands`` and the
+        scheduler (``esflow scheduler run``) delivers it to its command topic once due; the receipt then
+        names the scheduled-commands position.
         Raises :class:`~esflow.errors.CommandValidationError` before sending, or
         :class:`~esflow.errors.DeliveryFailed` when the broker did not acknowledge.
         """
         env = _as_envelope(command, aggregate_id, metadata)
-        return self.send_many([env])[0]
+        return self.send_many([env], not_before=not_before)[0]
 
     def send_many(
         self,
@@ -155,11 +173,15 @@ class CommandClient:
         *,
         on_ack: Callable[[SendReceipt | DeliveryFailed], None] | None = None,
         raise_on_failure: bool = True,
+        not_before: datetime | None = None,
     ) -> list[SendReceipt]:
         """Publish many commands pipelined (bulk loads); returns receipts in input order.
 
         With ``raise_on_failure=False`` failures go only to ``on_ack`` and are left out of the result.
+        ``not_before``: schedule them all (see :meth:`send`).
         """
+        if not_before is not None:
+            due_millis(not_before)  # refuses a naive time before anything is sent
         envs = list(envelopes)
         outcomes: list[SendReceipt | DeliveryFailed | None] = [None] * len(envs)
 
@@ -173,7 +195,7 @@ class CommandClient:
             return done
 
         for i, env in enumerate(envs):
-            self._produce(env, callback(i))
+            self._produce(env, callback(i), not_before)
             self._producer.poll(0)
         remaining = self._producer.flush(self.delivery_timeout_s + 5)
         if remaining:
@@ -275,14 +297,23 @@ class AsyncCommandClient:
             self._sync._producer.poll(0.1)
 
     async def send(
-        self, command: Command | CommandEnvelope, aggregate_id: UUID | None = None, **metadata: Any
+        self,
+        command: Command | CommandEnvelope,
+        aggregate_id: UUID | None = None,
+        *,
+        not_before: datetime | None = None,
+        **metadata: Any,
     ) -> SendReceipt:
-        """Validate, publish and await the broker's acknowledgement."""
+        """Validate, publish and await the broker's acknowledgement (``not_before``: see CommandClient)."""
         env = _as_envelope(command, aggregate_id, metadata)
-        return (await self.send_many([env]))[0]
+        return (await self.send_many([env], not_before=not_before))[0]
 
-    async def send_many(self, envelopes: Sequence[CommandEnvelope]) -> list[SendReceipt]:
+    async def send_many(
+        self, envelopes: Sequence[CommandEnvelope], *, not_before: datetime | None = None
+    ) -> list[SendReceipt]:
         """Publish many commands; resolves when all are acknowledged (raises the first failure)."""
+        if not_before is not None:
+            due_millis(not_before)  # refuses a naive time before anything is sent
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in envelopes]
 
@@ -295,7 +326,7 @@ class AsyncCommandClient:
             return done
 
         for fut, env in zip(futures, envelopes, strict=True):
-            self._sync._produce(env, resolver(fut, env))
+            self._sync._produce(env, resolver(fut, env), not_before)
         return list(await asyncio.gather(*futures))
 
     async def send_and_wait(

@@ -91,6 +91,16 @@ def process_topics(process: str, settings: TopicSettings | None = None) -> list[
     ]
 
 
+def scheduled_topic(settings: TopicSettings | None = None) -> str:
+    """Name of the topic of commands to deliver later (``esflow send --at``), keyed by aggregate id."""
+    return f"{(settings or TopicSettings()).prefix}scheduled-commands"
+
+
+def scheduled_pending_topic(settings: TopicSettings | None = None) -> str:
+    """Name of the scheduler's compacted state: the scheduled commands not yet delivered."""
+    return f"{(settings or TopicSettings()).prefix}scheduled-commands.pending"
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     """One topic as the catalogue wants it."""
@@ -152,6 +162,20 @@ def catalogue(settings: TopicSettings | None = None) -> list[TopicSpec]:
     specs.append(TopicSpec(dead_letter_topic(s), 1, 30 * DAY_MS, purpose="undecodable or unknown commands"))
     for process in PROCESSES:
         specs += process_topics(process, s)
+    # The scheduler drains the first into the second (co-partitioned), which holds a command until it is
+    # due: the first only has to outlive the scheduler's lag, the second keeps what is pending for good.
+    specs.append(TopicSpec(scheduled_topic(s), n, 7 * DAY_MS, purpose="commands to deliver later (--at)"))
+    specs.append(
+        TopicSpec(
+            scheduled_pending_topic(s),
+            n,
+            INFINITE,
+            compacted=True,
+            purpose="scheduled commands not yet due (scheduler state; key: source position)",
+            extra_config={"min.cleanable.dirty.ratio": "0.1", "segment.ms": str(DAY_MS)},
+            durable=True,
+        )
+    )
     return specs
 
 
