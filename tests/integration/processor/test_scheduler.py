@@ -6,6 +6,7 @@ command reached its command topic exactly once (read_committed) and was answered
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -18,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from esflow.client.sender import CommandClient
-from esflow.domain.messages import CommandEnvelope
+from esflow.client.sender import AsyncCommandClient, CommandClient
 from esflow.settings import SchedulerSettings, Settings
 from processors.scheduler import Scheduler
 from tests.integration.processor.conftest import RunningFactory
@@ -71,18 +71,30 @@ def test_a_scheduled_command_is_processed_once_due_not_before(
     try:
         not_before = datetime.now(UTC) + timedelta(seconds=3)
         env = envelope(acc, deposit(5))
+        later = envelope(acc, deposit(7))
         with CommandClient(settings) as client:
             receipt = client.send(env, not_before=not_before)
             with pytest.raises(ValueError, match="timezone-aware"):
                 client.send(envelope(acc, deposit(1)), not_before=datetime.now())
-        assert receipt.topic == penv.name("scheduled-commands")
+
+        async def send_async() -> str:
+            client = AsyncCommandClient(settings)
+            try:
+                return (await client.send(later, not_before=not_before + timedelta(seconds=1))).topic
+            finally:
+                await client.close()
+
+        assert asyncio.run(send_async()) == receipt.topic == penv.name("scheduled-commands")
         result = results.one(env, timeout=60)
         assert result.status == "accepted" and result.version == 2
         assert result.processed_at is not None and result.processed_at >= not_before
+        second = results.one(later, timeout=60)
+        assert second.version == 3 and second.processed_at >= not_before + timedelta(seconds=1)
     finally:
         scheduler.stop()
         thread.join(60)
-    assert _delivered(penv)[env.metadata.command_id] == 1
+    delivered = _delivered(penv)
+    assert delivered[env.metadata.command_id] == delivered[later.metadata.command_id] == 1
 
 
 def _start(penv: Env, group: str, log: Path) -> subprocess.Popen[bytes]:
@@ -105,14 +117,13 @@ def test_sigkill_with_commands_pending_loses_and_doubles_nothing(
     accounts = _open(sender, results, 6)
     group = f"{penv.group_id}-sched"
     settings = _settings(penv, group)
-    start = datetime.now(UTC) + timedelta(seconds=8)
-    # 60 deposits due over 8 s, 10 per account, each account's in the order they were sent.
-    scheduled: list[CommandEnvelope] = []
+    # 60 deposits due over 18 s, 10 per account, each account's in the order they were sent. Times are
+    # counted from the end of the sending (slow on a busy box), so the kills find commands pending.
+    scheduled = [envelope(accounts[i % 6], deposit(i + 1)) for i in range(60)]
     with CommandClient(settings) as client:
-        for i in range(60):
-            env = envelope(accounts[i % 6], deposit(i + 1))
-            client.send(env, not_before=start + timedelta(milliseconds=i * 135))
-            scheduled.append(env)
+        start = datetime.now(UTC) + timedelta(seconds=6)
+        for i, env in enumerate(scheduled):
+            client.send(env, not_before=max(start, datetime.now(UTC)) + timedelta(milliseconds=i * 300))
     ids = [e.metadata.command_id for e in scheduled]
     log = tmp_path / "scheduler.log"
 
