@@ -1,0 +1,78 @@
+"""RSA keys and JWTs made at test time (cryptography + PyJWT) for the API tests."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+
+ISSUER = "esflow-tests"
+AUDIENCE = "esflow-api-tests"
+
+
+def new_key() -> rsa.RSAPrivateKey:
+    """A fresh 2048-bit RSA key."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def public_pem(key: rsa.RSAPrivateKey) -> bytes:
+    """The key's public half as PEM."""
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def jwks(*keys: tuple[str, rsa.RSAPrivateKey]) -> dict[str, Any]:
+    """A JWKS document of the keys' public halves, by kid."""
+    out = []
+    for kid, key in keys:
+        jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
+        out.append({**jwk, "kid": kid, "alg": "RS256", "use": "sig"})
+    return {"keys": out}
+
+
+@dataclass
+class TokenMaker:
+    """Signs tokens with ``key`` for the tests' issuer and audience (every claim overridable)."""
+
+    key: rsa.RSAPrivateKey
+    kid: str | None = None
+
+    def token(self, roles: list[str], sub: str | None = None, **claims: Any) -> str:
+        now = int(time.time())
+        body: dict[str, Any] = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": sub or str(uuid.uuid4()),
+            "iat": now,
+            "exp": now + 600,
+            "roles": roles,
+        }
+        body.update(claims)
+        headers = {"kid": self.kid} if self.kid else None
+        return jwt.encode(body, self.key, algorithm="RS256", headers=headers)
+
+    def customer(self, customer_id: uuid.UUID, **claims: Any) -> str:
+        return self.token(["customer"], sub=str(customer_id), **claims)
+
+    def operator(self, **claims: Any) -> str:
+        return self.token(["operator"], sub="ops-1", **claims)
+
+
+def unsigned(claims: dict[str, Any]) -> str:
+    """A token with ``alg: none`` (no signature), as an attacker would send it."""
+    return jwt.encode(claims, None, algorithm="none")  # type: ignore[arg-type]
+
+
+def write_public_key(key: rsa.RSAPrivateKey, where: Path) -> Path:
+    """Write the key's public PEM to ``where``; returns the path."""
+    where.write_bytes(public_pem(key))
+    return where
