@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import time
 import uuid
@@ -70,6 +73,18 @@ class TokenMaker:
 def unsigned(claims: dict[str, Any]) -> str:
     """A token with ``alg: none`` (no signature), as an attacker would send it."""
     return jwt.encode(claims, None, algorithm="none")  # type: ignore[arg-type]
+
+
+def hs256(claims: dict[str, Any], secret: bytes) -> str:
+    """A token signed with HMAC-SHA256 under ``secret``, built by hand (PyJWT refuses a PEM as secret)."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps(claims).encode())
+    signature = hmac.new(secret, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64(signature)}"
 
 
 def write_public_key(key: rsa.RSAPrivateKey, where: Path) -> Path:
