@@ -60,6 +60,7 @@ class TokenMaker:
             "roles": roles,
         }
         body.update(claims)
+        body = {k: v for k, v in body.items() if v is not None}  # a claim passed as None is left out
         headers = {"kid": self.kid} if self.kid else None
         return jwt.encode(body, self.key, algorithm="RS256", headers=headers)
 
