@@ -79,6 +79,12 @@ SECONDS = Histogram(
 )
 
 
+KEY_READS = Counter(
+    "esflow_query_key_reads_total",
+    "Reads of the checkpoint key (one serves every cached ask that arrived while the previous one ran).",
+)
+
+
 class QueryError(ClientError):
     """A query the bus cannot answer (unknown type, or its handler failed)."""
 
@@ -157,6 +163,9 @@ class QueryBus:
         self.poll_s = poll_s
         self._cache: LRUCache[Query[Any], _Entry] | None = LRUCache(cache_size) if cache_size > 0 else None
         self._flights: dict[tuple[Query[Any], Key], asyncio.Future[Any]] = {}
+        self._watched: set[str] = {p for t in self.handlers for p in t.reads}
+        self._next_read: asyncio.Future[dict[str, Any]] | None = None
+        self._reader: asyncio.Task[None] | None = None
         status = sa.table(
             "projection_status",
             sa.column("projection", sa.Text),
@@ -212,6 +221,8 @@ class QueryBus:
 
     async def close(self) -> None:
         """Release the connections (the waiter's too)."""
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
         await self.engine.dispose()
         if self.waiter is not None:
             await asyncio.to_thread(self.waiter.close)
@@ -291,6 +302,37 @@ class QueryBus:
             await conn.rollback()
         return state
 
+    async def shared_key(self, projections: Sequence[str]) -> dict[str, Any]:
+        """The current key, read by a statement that *starts after this call*; shared by concurrent asks.
+
+        Asks arriving while a key read runs all wait for the next one, which starts when the running
+        one ends: one round trip serves every ask that arrived meanwhile (group reads, as in a group
+        commit), and each of them gets a state at least as new as any it could have seen. Under load
+        the reads cost one round trip per round trip, not one per ask.
+        """
+        if not self._watched.issuperset(projections):
+            self._watched.update(projections)
+        if self._next_read is None:
+            self._next_read = asyncio.get_running_loop().create_future()
+            if self._reader is None or self._reader.done():
+                self._reader = asyncio.ensure_future(self._read_keys())
+        return await asyncio.shield(self._next_read)
+
+    async def _read_keys(self) -> None:
+        while self._next_read is not None:
+            pending, self._next_read = self._next_read, None
+            KEY_READS.inc()
+            try:
+                state = await self.current_key(sorted(self._watched))
+            except asyncio.CancelledError:
+                pending.cancel()
+                raise
+            except Exception as exc:
+                pending.set_exception(exc)
+                pending.exception()  # retrieved: every asker may have given up
+            else:
+                pending.set_result(state)
+
     @staticmethod
     def _key_of(query: Query[Any], state: Mapping[str, Any]) -> Key:
         return tuple((p, *state[p]) for p in sorted(set(query.reads)))
@@ -303,7 +345,7 @@ class QueryBus:
                 await conn.rollback()
             ASKS.labels(name, "uncached").inc()
             return answer
-        key = self._key_of(query, await self.current_key(query.reads))
+        key = self._key_of(query, await self.shared_key(query.reads))
         entry = self._cache.get(query)
         if entry is not None and entry.key == key and time.monotonic() - entry.stored_at <= self.ttl_s:
             ASKS.labels(name, "hit").inc()
@@ -342,7 +384,7 @@ class QueryBus:
     async def _answer_many(self, queries: list[Query[Any]]) -> list[Any]:
         if self._cache is None or not queries:
             return [await self._answer(q) for q in queries]
-        state = await self.current_key([p for q in queries for p in q.reads])
+        state = await self.shared_key([p for q in queries for p in q.reads])
         now = time.monotonic()
         answers: list[Any] = [None] * len(queries)
         missing: dict[Query[Any], list[int]] = {}
