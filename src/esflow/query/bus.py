@@ -8,11 +8,14 @@ is stored under the key read in the same REPEATABLE READ snapshot as the answer,
 a fresh read of the key gives the same key; a TTL only bounds how long an entry may live. Any batch
 applied changes the key, so no entry is ever served once a newer event is visible.
 
-Cost. Every cached ask reads the key first: one indexed statement (registry join status view) on a
-pooled connection, a fraction of a millisecond. The alternative, the applier sending LISTEN/NOTIFY
-after each commit, would save that round trip but a notification arrives after the commit, so between
-the two an entry older than the data would be served: exactness would rest on timing. The round trip
-keeps it a fact of the database.
+Cost. A cached ask must learn the current key, and learns it from the database: one indexed statement
+(registry join status view). Concurrent asks share it: an ask waits for the next key read to *start*
+(never joins one already running, which could predate a commit it has seen), so one round trip serves
+every ask that arrived during the previous one, like a group commit (``ops/bench/api.py``: 0.07 key
+reads per cached ask at 16 askers). The alternative, the applier sending LISTEN/NOTIFY after each
+commit, would save the round trip, but a notification arrives after the commit: between the two an
+entry older than the data would be served, so exactness would rest on timing. Reading the key keeps it
+a fact of the database, and grouping makes it cheap.
 
 Single flight. Identical asks (equal query, same key) that miss together run the handler once; the
 others await its answer. An answer read at a later key than the asker saw is newer, never older.
