@@ -6,6 +6,7 @@ pair and the next page starts strictly below it, so rows placed meanwhile never 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -71,9 +72,14 @@ def _details(row: sa.RowMapping) -> OrderDetails:
     return OrderDetails(number=order_number(row["order_id"]), **fields)
 
 
+# Built once: the hottest queries skip building and cache-keying a statement on every ask.
+_BY_ID = sa.select(*DETAILS).where(o.order_id == sa.bindparam("order_id"))
+_OF_CUSTOMER = sa.select(*SUMMARY).where(o.customer_id == sa.bindparam("customer_id"))
+
+
 async def order_by_id(conn: AsyncConnection, query: OrderById) -> OrderDetails | None:
     """One order by id."""
-    row = (await conn.execute(sa.select(*DETAILS).where(o.order_id == query.order_id))).mappings().first()
+    row = (await conn.execute(_BY_ID, {"order_id": query.order_id})).mappings().first()
     return None if row is None else _details(row)
 
 
@@ -137,19 +143,30 @@ def _newest_first(select: sa.Select[Any], after: str | None, first: int) -> sa.S
     return select.order_by(o.placed_at.desc(), o.order_id.desc()).limit(first + 1)
 
 
-async def _page(
-    conn: AsyncConnection, where: list[sa.ColumnElement[bool]], after: str | None, first: int
-) -> Page[OrderSummary]:
-    select = _newest_first(sa.select(*SUMMARY).where(*where), after, first)
-    rows = (await conn.execute(select)).mappings().all()
+def _to_page(rows: Sequence[sa.RowMapping], first: int) -> Page[OrderSummary]:
     items = [_summary(r) for r in rows[:first]]
     more = len(rows) > first
     cursor = encode_cursor(items[-1].placed_at.isoformat(), str(items[-1].order_id)) if more else None
     return Page[OrderSummary](items=tuple(items), next_cursor=cursor)
 
 
+async def _page(
+    conn: AsyncConnection, where: list[sa.ColumnElement[bool]], after: str | None, first: int
+) -> Page[OrderSummary]:
+    select = _newest_first(sa.select(*SUMMARY).where(*where), after, first)
+    return _to_page((await conn.execute(select)).mappings().all(), first)
+
+
+_OF_CUSTOMER_FIRST_PAGE = _OF_CUSTOMER.order_by(o.placed_at.desc(), o.order_id.desc()).limit(
+    sa.bindparam("limit")
+)
+
+
 async def orders_of_customer(conn: AsyncConnection, query: OrdersOfCustomer) -> Page[OrderSummary]:
     """A customer's orders, newest first."""
+    if query.after is None:
+        params = {"customer_id": query.customer_id, "limit": query.first + 1}
+        return _to_page((await conn.execute(_OF_CUSTOMER_FIRST_PAGE, params)).mappings().all(), query.first)
     return await _page(conn, [o.customer_id == query.customer_id], query.after, query.first)
 
 

@@ -8,11 +8,14 @@ is stored under the key read in the same REPEATABLE READ snapshot as the answer,
 a fresh read of the key gives the same key; a TTL only bounds how long an entry may live. Any batch
 applied changes the key, so no entry is ever served once a newer event is visible.
 
-Cost. Every cached ask reads the key first: one indexed statement (registry join status view) on a
-pooled connection, a fraction of a millisecond. The alternative, the applier sending LISTEN/NOTIFY
-after each commit, would save that round trip but a notification arrives after the commit, so between
-the two an entry older than the data would be served: exactness would rest on timing. The round trip
-keeps it a fact of the database.
+Cost. A cached ask must learn the current key, and learns it from the database: one indexed statement
+(registry join status view). Concurrent asks share it: an ask waits for the next key read to *start*
+(never joins one already running, which could predate a commit it has seen), so one round trip serves
+every ask that arrived during the previous one, like a group commit (``ops/bench/api.py``: 0.07 key
+reads per cached ask at 16 askers). The alternative, the applier sending LISTEN/NOTIFY after each
+commit, would save the round trip, but a notification arrives after the commit: between the two an
+entry older than the data would be served, so exactness would rest on timing. Reading the key keeps it
+a fact of the database, and grouping makes it cheap.
 
 Single flight. Identical asks (equal query, same key) that miss together run the handler once; the
 others await its answer. An answer read at a later key than the asker saw is newer, never older.
@@ -40,7 +43,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from esflow.errors import ClientError, ResultTimeout
 from esflow.query.base import Query
 from esflow.query.consistency import ConsistencyToken, ProjectionWaiter
-from esflow.readmodel.store import ISOLATION_LEVEL
 from esflow.readmodel.versions import Layout
 from esflow.settings import Settings, load_settings
 
@@ -76,6 +78,12 @@ SECONDS = Histogram(
     "Time to answer a query through the bus, waits included, by type.",
     ["query"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+
+
+KEY_READS = Counter(
+    "esflow_query_key_reads_total",
+    "Reads of the checkpoint key (one serves every cached ask that arrived while the previous one ran).",
 )
 
 
@@ -157,6 +165,9 @@ class QueryBus:
         self.poll_s = poll_s
         self._cache: LRUCache[Query[Any], _Entry] | None = LRUCache(cache_size) if cache_size > 0 else None
         self._flights: dict[tuple[Query[Any], Key], asyncio.Future[Any]] = {}
+        self._watched: set[str] = {p for t in self.handlers for p in t.reads}
+        self._next_read: asyncio.Future[dict[str, Any]] | None = None
+        self._reader: asyncio.Task[None] | None = None
         status = sa.table(
             "projection_status",
             sa.column("projection", sa.Text),
@@ -195,7 +206,10 @@ class QueryBus:
         layout = Layout(settings.projections.db_schema)
         engine = create_async_engine(
             settings.postgres.database_url,
-            isolation_level=ISOLATION_LEVEL,
+            # Autocommit: a single statement is its own snapshot, and a read needs no BEGIN and no
+            # ROLLBACK round trips (they tripled an uncached ask's round trips). Answers that must be
+            # read together take an explicit REPEATABLE READ transaction (_fetch).
+            isolation_level="AUTOCOMMIT",
             pool_pre_ping=False,
             pool_size=pool_size,
             max_overflow=pool_size,
@@ -212,6 +226,8 @@ class QueryBus:
 
     async def close(self) -> None:
         """Release the connections (the waiter's too)."""
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
         await self.engine.dispose()
         if self.waiter is not None:
             await asyncio.to_thread(self.waiter.close)
@@ -287,9 +303,38 @@ class QueryBus:
     async def current_key(self, projections: Sequence[str]) -> dict[str, Any]:
         """:meth:`read_key` on a connection of its own."""
         async with self.engine.connect() as conn:
-            state = await self.read_key(conn, projections)
-            await conn.rollback()
-        return state
+            return await self.read_key(conn, projections)
+
+    async def shared_key(self, projections: Sequence[str]) -> dict[str, Any]:
+        """The current key, read by a statement that *starts after this call*; shared by concurrent asks.
+
+        Asks arriving while a key read runs all wait for the next one, which starts when the running
+        one ends: one round trip serves every ask that arrived meanwhile (group reads, as in a group
+        commit), and each of them gets a state at least as new as any it could have seen. Under load
+        the reads cost one round trip per round trip, not one per ask.
+        """
+        if not self._watched.issuperset(projections):
+            self._watched.update(projections)
+        if self._next_read is None:
+            self._next_read = asyncio.get_running_loop().create_future()
+            if self._reader is None or self._reader.done():
+                self._reader = asyncio.ensure_future(self._read_keys())
+        return await asyncio.shield(self._next_read)
+
+    async def _read_keys(self) -> None:
+        while self._next_read is not None:
+            pending, self._next_read = self._next_read, None
+            KEY_READS.inc()
+            try:
+                state = await self.current_key(sorted(self._watched))
+            except asyncio.CancelledError:
+                pending.cancel()
+                raise
+            except Exception as exc:
+                pending.set_exception(exc)
+                pending.exception()  # retrieved: every asker may have given up
+            else:
+                pending.set_result(state)
 
     @staticmethod
     def _key_of(query: Query[Any], state: Mapping[str, Any]) -> Key:
@@ -300,10 +345,9 @@ class QueryBus:
         if self._cache is None:
             async with self.engine.connect() as conn:
                 answer: R = await self._handler(query)(conn, query)
-                await conn.rollback()
             ASKS.labels(name, "uncached").inc()
             return answer
-        key = self._key_of(query, await self.current_key(query.reads))
+        key = self._key_of(query, await self.shared_key(query.reads))
         entry = self._cache.get(query)
         if entry is not None and entry.key == key and time.monotonic() - entry.stored_at <= self.ttl_s:
             ASKS.labels(name, "hit").inc()
@@ -342,7 +386,7 @@ class QueryBus:
     async def _answer_many(self, queries: list[Query[Any]]) -> list[Any]:
         if self._cache is None or not queries:
             return [await self._answer(q) for q in queries]
-        state = await self.current_key([p for q in queries for p in q.reads])
+        state = await self.shared_key([p for q in queries for p in q.reads])
         now = time.monotonic()
         answers: list[Any] = [None] * len(queries)
         missing: dict[Query[Any], list[int]] = {}

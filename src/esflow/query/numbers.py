@@ -7,7 +7,7 @@ Decision (issue 14): the number is not stored anywhere. It is the first 60 bits 
 range scan. This needs no Avro change (OrderPlaced is being evolved elsewhere), no new ``orders``
 DDL version and no rebuild, and every order already placed has its number.
 
-Uniqueness: ids from :func:`uuid.uuid4` (what :mod:`esflow.client` gives) have 56 random bits in those
+Uniqueness: random (version 4) ids, what :mod:`esflow.client` gives, have 56 random bits in those
 60, so two orders share a number with probability about n²/2^57 (1e-5 at a million orders). A sender
 that chose time-ordered ids (UUIDv7: 48 bits of milliseconds first) could make two orders of the same
 few milliseconds share one; the lookup then refuses to guess (see ``OrderByNumber``) rather than
