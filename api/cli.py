@@ -1,6 +1,9 @@
-"""`esflow api run`: serve the GraphQL/HTTP API with uvicorn."""
+"""`esflow api run`: serve the GraphQL/HTTP API with uvicorn; `keygen` and `token` for local trials."""
 
 from __future__ import annotations
+
+import time
+from pathlib import Path
 
 import click
 
@@ -36,3 +39,54 @@ def run(host: str | None, port: int | None, log_level: str) -> None:
         proxy_headers=False,
         server_header=False,
     )
+
+
+@api.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def keygen(directory: Path) -> None:
+    """Write an RSA key pair (private.pem, public.pem) to DIRECTORY, for trying the API locally.
+
+    Production tokens come from an identity provider; the API needs only its public key (or JWKS).
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    directory.mkdir(parents=True, exist_ok=True)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = directory / "private.pem"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    private.chmod(0o600)
+    (directory / "public.pem").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    click.echo(f"{private}\n{directory / 'public.pem'}")
+
+
+@api.command()
+@click.option(
+    "--key",
+    "key_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The private key (PEM) to sign with.",
+)
+@click.option("--role", type=click.Choice(["customer", "operator"]), required=True)
+@click.option("--sub", required=True, help="The subject: a customer's id (UUID) for the customer role.")
+@click.option("--ttl", "ttl_s", default=3600, show_default=True, help="Seconds until the token expires.")
+def token(key_file: Path, role: str, sub: str, ttl_s: int) -> None:
+    """Print a token the API accepts (issuer and audience from ESFLOW_API_*), for local trials."""
+    import jwt
+
+    settings = load_settings().api
+    now = int(time.time())
+    claims = {
+        "iss": settings.jwt_issuer, "aud": settings.jwt_audience, "sub": sub, "iat": now, "exp": now + ttl_s,
+        settings.roles_claim: [role],
+    }  # fmt: skip
+    click.echo(jwt.encode(claims, key_file.read_bytes(), algorithm="RS256"))
