@@ -4,8 +4,8 @@ Run against a running PostgreSQL (``esflow stack up``, or ESFLOW_DATABASE_URL):
 
     .venv/bin/python -m ops.bench.api [--events 30000] [--concurrency 16] [--seconds 4] [--rounds 3]
 
-Part 1 (the query bus; the HTTP rows come with the API). In a fresh installation (removed afterwards)
-the ``orders`` read model is filled by the real applier from ``--events`` generated events. Then, for
+In a fresh installation (removed afterwards) the ``orders`` read model is filled by the real applier
+from ``--events`` generated events. Then, for
 each query, at the same concurrency (that many asyncio tasks, each asking in a loop), for the same
 number of seconds, in alternating rounds of one process:
 
@@ -13,7 +13,10 @@ number of seconds, in alternating rounds of one process:
   async on one connection per task (server-side prepared after five runs), rows as tuples;
 - ``bus uncached``: :class:`QueryBus` without a cache (pool of that many connections): handler, SQL
   Core, rows into pydantic answers;
-- ``bus cached``: the exact cache (checkpoint key read per group of asks, then a dict lookup).
+- ``bus cached``: the exact cache (checkpoint key read per group of asks, then a dict lookup);
+- ``HTTP uncached`` / ``HTTP cached``: the same queries as GraphQL over HTTP through a running
+  `esflow api run` (cache off / on), one keep-alive httpx client per task (:mod:`ops.bench.api_http`;
+  ``--no-http`` skips them).
 
 Then each mode runs once more at half its measured maximum rate, paced (latency counted from when
 each ask was due), for the p99 target (<= 50 ms at half the maximum).
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import sys
 import time
@@ -50,6 +54,7 @@ from esflow.readmodel.applier import BatchApplier
 from esflow.readmodel.projection import RawEvent
 from esflow.readmodel.store import ProjectionStore, create_engine
 from esflow.settings import PostgresSettings, ProjectionSettings, Settings
+from ops.bench.api_http import ORDER_BY_ID, ORDERS_OF_CUSTOMER, http_asker, running_api
 from ops.bench.projection_workload import Workload
 from projections import registry
 from projections.registry import EnvelopeDecoder
@@ -110,6 +115,8 @@ def drop(pg: PostgresSettings, schema: str) -> None:
 
 
 Ask = Callable[[Any], Awaitable[Any]]
+MakeAsks = Callable[[int], Awaitable[tuple[Ask, Callable[[], Awaitable[None]]]]]
+Variables = Callable[[Any], dict[str, Any]]
 
 
 async def drive(
@@ -227,28 +234,46 @@ async def bench(pg: PostgresSettings, schema: str, hot: Sequence[Any], args: arg
     conninfo = pg.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
     bi = sql.Identifier(layout.bi).as_string()
     orders, customers = hot
-    cases: dict[str, tuple[Sequence[Any], str, Callable[[Any], Any]]] = {
+    cases: dict[str, tuple[Sequence[Any], str, Callable[[Any], Any], str, Variables]] = {
         "order-by-id": (orders, f"SELECT {DETAILS} FROM {bi}.orders WHERE order_id = %s",
-                        lambda k: OrderById(order_id=k)),
+                        lambda k: OrderById(order_id=k), ORDER_BY_ID, lambda k: {"id": str(k)}),
         "orders-of-customer": (
             customers,
             f"SELECT {SUMMARY} FROM {bi}.orders WHERE customer_id = %s "
             f"ORDER BY placed_at DESC, order_id DESC LIMIT {PAGE + 1}",
             lambda k: OrdersOfCustomer(customer_id=k, first=PAGE),
+            ORDERS_OF_CUSTOMER, lambda k: {"id": str(k), "n": PAGE},
         ),
     }  # fmt: skip
     buses = {
         "bus uncached": QueryBus.connect(HANDLERS, settings, cache_size=0, pool_size=args.concurrency),
         "bus cached": QueryBus.connect(HANDLERS, settings, pool_size=args.concurrency),
     }
+    apis = contextlib.ExitStack()
     try:
-        for case, (keys, text, query) in cases.items():
+        # The HTTP rows: an `esflow api run` per cache mode on the same installation (ops.bench.api_http).
+        http = {
+            mode: apis.enter_context(running_api(pg, schema, cached=cached, pool_size=args.concurrency))
+            for mode, cached in (("HTTP uncached", False), ("HTTP cached", True))
+            if args.http
+        }
+        modes = ("raw SQL", "bus uncached", "bus cached", *http)
+        for case, (keys, text, query, http_query, http_vars) in cases.items():
             name = type(query(keys[0])).type_name()
+
+            def asker(mode: str, text: str = text, query: Any = query, http_query: str = http_query,
+                      http_vars: Variables = http_vars) -> MakeAsks:  # fmt: skip
+                if mode == "raw SQL":
+                    return raw_asker(conninfo, text)
+                if mode in http:
+                    return http_asker(*http[mode], http_query, http_vars)
+                return bus_asker(buses[mode], query)
+
             results: dict[str, list[tuple[float, float, float]]] = {}
             cached_asks = hits = key_reads = 0.0
             for _ in range(args.rounds):
-                for mode in ("raw SQL", "bus uncached", "bus cached"):
-                    make = raw_asker(conninfo, text) if mode == "raw SQL" else bus_asker(buses[mode], query)
+                for mode in modes:
+                    make = asker(mode)
                     before = (outcomes(name), sample("esflow_query_key_reads_total"))
                     results.setdefault(mode, []).append(
                         await drive(make, keys, args.concurrency, args.seconds)
@@ -272,13 +297,18 @@ async def bench(pg: PostgresSettings, schema: str, hot: Sequence[Any], args: arg
                   f"cached / uncached {cached / uncached:.1f}x (target >= 2x); "
                   f"hit rate {hits / max(cached_asks, 1):.0%}; "
                   f"key reads per cached ask {key_reads / max(cached_asks, 1):.2f}")  # fmt: skip
-            for mode in ("raw SQL", "bus uncached", "bus cached"):
-                make = raw_asker(conninfo, text) if mode == "raw SQL" else bus_asker(buses[mode], query)
+            if http:
+                http_uncached, http_cached = median["HTTP uncached"][0], median["HTTP cached"][0]
+                print(f"  HTTP uncached / raw SQL {http_uncached / raw:.0%} (target >= 30%); HTTP cached / "
+                      f"HTTP uncached {http_cached / http_uncached:.1f}x (target >= 2x)")  # fmt: skip
+            for mode in modes:
+                make = asker(mode)
                 target = median[mode][0] / 2
                 rate, p50, p99 = await paced(make, keys, args.concurrency, target, args.seconds)
                 print(f"  at half its maximum, {mode:<13} {rate:>8,.0f} req/s  p50 {p50:6.2f} ms  "
                       f"p99 {p99:6.2f} ms (target p99 <= 50 ms)")  # fmt: skip
     finally:
+        apis.close()
         for bus in buses.values():
             await bus.close()
 
@@ -291,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--hot", type=int, default=500, help="orders / customers asked about")
+    parser.add_argument(
+        "--no-http", dest="http", action="store_false", help="skip the rows through `esflow api run`"
+    )
     args = parser.parse_args(argv)
     pg = PostgresSettings()
     schema = f"bench_api_{uuid.uuid4().hex[:8]}"
