@@ -7,7 +7,7 @@ argument's default counts. Introspection costs nothing (anonymous callers may al
 
 The only Python library for this (graphql-complexity 1.0) fails on any operation with a variable that
 has no default value, and counts list multipliers only on list-typed fields, which a connection is not;
-the rule is therefore written here, on graphql-core's validation API, beside strawberry's depth limiter.
+the rule is therefore written here, on graphql-core's AST, beside strawberry's depth limiter.
 """
 
 from __future__ import annotations
@@ -28,12 +28,18 @@ from graphql import (
     IntValueNode,
     OperationDefinitionNode,
     SelectionSetNode,
-    ValidationContext,
-    ValidationRule,
     VariableNode,
     get_named_type,
 )
-from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter, SchemaExtension
+from strawberry.extensions import (
+    AddValidationRules,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    SchemaExtension,
+    ValidationCache,
+)
 
 from esflow.settings import ApiSettings
 
@@ -127,52 +133,59 @@ def operation_costs(
 
 
 class CostLimiter(SchemaExtension):
-    """Refuses an operation whose cost exceeds ``max_cost``; the error names the costliest fields."""
+    """Refuses an operation whose cost exceeds ``max_cost``; the error names the costliest fields.
+
+    Not a validation rule: the cost depends on the request's variables, while validation results are
+    cached per document (strawberry's ``ValidationCache``, listed before this extension). The error is
+    added to the validation errors, so the operation is refused before anything executes.
+    """
 
     def __init__(self, *, max_cost: int, max_page_size: int) -> None:
         self.max_cost = max_cost
         self.max_page_size = max_page_size
 
     def on_validate(self) -> Iterator[None]:
-        """Add the cost rule, bound to this request's variables, to the validation rules."""
-        variables = dict(self.execution_context.variables or {})
-        max_cost, max_page = self.max_cost, self.max_page_size
-
-        class CostRule(ValidationRule):
-            def __init__(self, context: ValidationContext) -> None:
-                super().__init__(context)
-                costs = operation_costs(context.schema, context.document.definitions, variables, max_page)
-                for operation, fields in costs.items():
-                    total = sum(fields.values())
-                    if total > max_cost:
-                        worst = sorted(fields.items(), key=lambda kv: -kv[1])[:3]
-                        named = ", ".join(f"{name}: {cost}" for name, cost in worst)
-                        context.report_error(
-                            GraphQLError(
-                                f"operation {operation} costs {total}, more than the limit {max_cost} "
-                                f"({named}; a page costs `first` times its selection)",
-                                extensions={
-                                    "code": "QUERY_TOO_COMPLEX",
-                                    "cost": total,
-                                    "fields": dict(worst),
-                                },
-                            )
-                        )
-
-        self.execution_context.validation_rules = (*self.execution_context.validation_rules, CostRule)
+        """Add the cost error, if any, to the validation errors."""
+        ctx = self.execution_context
+        if ctx.graphql_document is not None:
+            costs = operation_costs(
+                ctx.schema._schema, ctx.graphql_document.definitions, ctx.variables or {}, self.max_page_size
+            )
+            for operation, fields in costs.items():
+                total = sum(fields.values())
+                if total > self.max_cost:
+                    worst = sorted(fields.items(), key=lambda kv: -kv[1])[:3]
+                    named = ", ".join(f"{name}: {cost}" for name, cost in worst)
+                    error = GraphQLError(
+                        f"operation {operation} costs {total}, more than the limit {self.max_cost} "
+                        f"({named}; a page costs `first` times its selection)",
+                        extensions={"code": "QUERY_TOO_COMPLEX", "cost": total, "fields": dict(worst)},
+                    )
+                    ctx.pre_execution_errors = [*(ctx.pre_execution_errors or []), error]
         yield
 
 
 def limit_extensions(settings: ApiSettings) -> list[Callable[[], SchemaExtension]]:
     """Factories of the schema extensions that enforce the configured limits (one set per request)."""
+    # strawberry's limiters build their validation rule classes when constructed: built once here and
+    # shared by every request, so the validation cache (keyed by document and rule classes) can hit.
+    rules = [
+        *QueryDepthLimiter(max_depth=settings.max_depth).validation_rules,
+        # Aliases bound the work of validating before any cost is known (tokens bound parsing).
+        *MaxAliasesLimiter(max_alias_count=50).validation_rules,
+    ]
     return [
-        functools.partial(QueryDepthLimiter, max_depth=settings.max_depth),
+        functools.partial(AddValidationRules, rules),
+        functools.partial(MaxTokensLimiter, max_token_count=5000),
+        # Parsing a document costs about as much as answering a cached query; kept per query text.
+        functools.partial(ParserCache, maxsize=1000),
+        # Validating a document costs more than answering a cached query: clients repeat a few
+        # documents with other variables, so validation results are kept per document, bounded.
+        functools.partial(ValidationCache, maxsize=1000),
+        # After the cache, which sets the validation errors this one adds to.
         functools.partial(
             CostLimiter, max_cost=settings.max_complexity, max_page_size=settings.max_page_size
         ),
-        # Aliases and tokens bound the work of parsing and validating before any cost is known.
-        functools.partial(MaxAliasesLimiter, max_alias_count=50),
-        functools.partial(MaxTokensLimiter, max_token_count=5000),
     ]
 
 

@@ -15,7 +15,7 @@ number of seconds, in alternating rounds of one process:
   Core, rows into pydantic answers;
 - ``bus cached``: the exact cache (checkpoint key read per group of asks, then a dict lookup);
 - ``HTTP uncached`` / ``HTTP cached``: the same queries as GraphQL over HTTP through a running
-  `esflow api run` (cache off / on), one keep-alive httpx client per task (:mod:`ops.bench.api_http`;
+  `esflow api run` (cache off / on), one keep-alive aiohttp session per task (:mod:`ops.bench.api_http`;
   ``--no-http`` skips them).
 
 Then each mode runs once more at half its measured maximum rate, paced (latency counted from when
