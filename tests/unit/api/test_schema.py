@@ -116,3 +116,16 @@ def test_limits_are_enforced_before_any_resolver_runs(client: TestClient) -> Non
         assert anonymous.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
         schema = client.post("/graphql", json={"query": "{ __schema { queryType { name } } }"})
         assert schema.json() == {"data": {"__schema": {"queryType": {"name": "Query"}}}}
+
+
+def test_cost_follows_the_variables_of_a_document_whose_validation_is_cached(client: TestClient) -> None:
+    # Anonymous: a request within the cost limit stops at the resolver (UNAUTHENTICATED), before any server.
+    query = "query($n: Int!) { orders(first: $n) { nodes { number } } }"
+    with client:
+        codes = [
+            client.post("/graphql", json={"query": query, "variables": {"n": n}}).json()["errors"][0][
+                "extensions"
+            ]["code"]
+            for n in (99, 10, 99, 10)
+        ]
+    assert codes == ["QUERY_TOO_COMPLEX", "UNAUTHENTICATED", "QUERY_TOO_COMPLEX", "UNAUTHENTICATED"]
