@@ -20,9 +20,11 @@ a fact of the database, and grouping makes it cheap.
 Single flight. Identical asks (equal query, same key) that miss together run the handler once; the
 others await its answer. An answer read at a later key than the asker saw is newer, never older.
 
-Read-your-writes. ``consistent_with=token`` first waits, with :class:`ProjectionWaiter`, until every
-projection in ``query.reads`` has applied the token's offsets, then asks as usual (the key read after
-the wait is at or past the token, so a cached answer is too).
+Read-your-writes. ``consistent_with=token`` first waits until every projection in ``query.reads`` has
+applied the token's offsets (:func:`esflow.query.consistency.lagging`, the rule the command SDK's
+waiter applies), polling the same shared key read (its offsets are the checkpoints: the applier writes
+both in one transaction), so waiting askers cost no extra round trips. Then it asks as usual; the key
+read after the wait is at or past the token, so a cached answer is too.
 """
 
 from __future__ import annotations
@@ -41,10 +43,11 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from esflow.errors import ClientError, ResultTimeout
+from esflow.messaging.topics import event_topic
 from esflow.query.base import Query
-from esflow.query.consistency import ConsistencyToken, ProjectionWaiter
+from esflow.query.consistency import ConsistencyToken, lagging
 from esflow.readmodel.versions import Layout
-from esflow.settings import Settings, load_settings
+from esflow.settings import Settings, TopicSettings, load_settings
 
 log = logging.getLogger("esflow.query")
 
@@ -131,7 +134,7 @@ class _Entry:
 
 def _positions(rows: Sequence[Any], projections: Sequence[str]) -> dict[str, Any]:
     found: dict[str, tuple[int | None, list[tuple[str, int, int]]]] = {}
-    for projection, version, topic, partition, offset in rows:
+    for projection, version, _aggregates, topic, partition, offset in rows:
         entry = found.setdefault(projection, (version, []))
         if topic is not None:
             entry[1].append((topic, partition, offset))
@@ -152,7 +155,7 @@ class QueryBus:
         handlers: Mapping[type[Query[Any]], Handler],
         *,
         layout: Layout,
-        waiter: ProjectionWaiter | None = None,
+        topics: TopicSettings | None = None,
         cache_size: int = 10_000,
         ttl_s: float = 300.0,
         poll_s: float = 0.01,
@@ -160,7 +163,8 @@ class QueryBus:
         self.engine = engine
         self.handlers = dict(handlers)
         self.layout = layout
-        self.waiter = waiter
+        self.topics = topics or TopicSettings()
+        self._reads_topics: dict[str, frozenset[str]] = {}
         self.ttl_s = ttl_s
         self.poll_s = poll_s
         self._cache: LRUCache[Query[Any], _Entry] | None = LRUCache(cache_size) if cache_size > 0 else None
@@ -181,10 +185,12 @@ class QueryBus:
             sa.column("projection", sa.Text),
             sa.column("version", sa.Integer),
             sa.column("state", sa.Text),
+            sa.column("aggregates", sa.ARRAY(sa.Text)),
             schema=layout.base,
         )
         self._key_sql = (
-            sa.select(registry.c.projection, registry.c.version, status.c.topic, status.c.partition,
+            sa.select(registry.c.projection, registry.c.version, registry.c.aggregates, status.c.topic,
+                      status.c.partition,
                       status.c.last_offset)
             .select_from(registry.outerjoin(status, status.c.projection == registry.c.projection))
             .where(registry.c.state == "live",
@@ -219,18 +225,16 @@ class QueryBus:
             engine,
             handlers,
             layout=layout,
-            waiter=ProjectionWaiter(settings),
+            topics=settings.topics,
             cache_size=cache_size,
             ttl_s=ttl_s,
         )
 
     async def close(self) -> None:
-        """Release the connections (the waiter's too)."""
+        """Release the connections."""
         if self._reader is not None and not self._reader.done():
             self._reader.cancel()
         await self.engine.dispose()
-        if self.waiter is not None:
-            await asyncio.to_thread(self.waiter.close)
 
     @property
     def cached(self) -> bool:
@@ -298,6 +302,9 @@ class QueryBus:
         """Each projection's live version and checkpoint offsets, as one statement sees them."""
         names = sorted(set(projections))
         rows = (await conn.execute(self._key_sql, {"names": names})).all()
+        for row in rows:
+            # Which topics each live version reads (for consistency waits): its aggregates' event topics.
+            self._reads_topics[row[0]] = frozenset(event_topic(a, self.topics) for a in row[2])
         return _positions(rows, names)
 
     async def current_key(self, projections: Sequence[str]) -> dict[str, Any]:
@@ -413,22 +420,30 @@ class QueryBus:
         return answers
 
     async def _wait(self, query: Query[Any], token: ConsistencyToken, *, deadline: float) -> None:
+        """Poll the (shared) key until every projection the query reads has passed ``token``."""
         name = type(query).type_name()
-        if self.waiter is None:
-            raise QueryError(f"{name}: this bus cannot wait for a consistency token (it has no waiter)")
         started = time.perf_counter()
         waited = False
-        for projection in sorted(set(query.reads)):
-            while True:
-                lagging = await asyncio.to_thread(self.waiter.behind, token, projection)
-                if not lagging:
-                    break
-                now = time.perf_counter()
-                if now >= deadline:
-                    WAITS.labels(name, "timeout").inc()
-                    raise ConsistencyTimeout(name, projection, lagging, now - started)
-                waited = True
-                await asyncio.sleep(min(self.poll_s, deadline - now))
+        reads = sorted(set(query.reads))
+        while True:
+            state = await self.shared_key(reads)
+            late = [
+                (p, lag)
+                for p in reads
+                if (
+                    lag := lagging(
+                        token, self._reads_topics.get(p, frozenset()), {(t, n): o for t, n, o in state[p][1]}
+                    )
+                )
+            ]
+            if not late:
+                break
+            now = time.perf_counter()
+            if now >= deadline:
+                WAITS.labels(name, "timeout").inc()
+                raise ConsistencyTimeout(name, late[0][0], late[0][1], now - started)
+            waited = True
+            await asyncio.sleep(min(self.poll_s, deadline - now))
         WAITS.labels(name, "waited" if waited else "passed").inc()
         WAIT_SECONDS.labels(name).observe(time.perf_counter() - started)
 
