@@ -30,6 +30,7 @@ from esflow.query.queries import (
     OrdersOfCustomer,
     OrderStatistics,
     OrderStatisticsQuery,
+    OrderStatus,
     OrderSummary,
     SearchOrders,
     StatusTotals,
@@ -52,8 +53,15 @@ DETAILS = (
 )  # fmt: skip
 
 
+_SUMMARY_NAMES = tuple(c.name for c in SUMMARY)
+
+
 def _summary(row: sa.RowMapping) -> OrderSummary:
-    return OrderSummary(number=order_number(row["order_id"]), **{c.name: row[c.name] for c in SUMMARY})
+    # Lists build many of these: constructed without validation, since the view's column types are
+    # already the model's (uuid, numeric, timestamptz); only the status text becomes its enum.
+    fields = dict(zip(_SUMMARY_NAMES, (row[n] for n in _SUMMARY_NAMES), strict=True))
+    fields["status"] = OrderStatus(fields["status"])
+    return OrderSummary.model_construct(number=order_number(fields["order_id"]), **fields)
 
 
 def _details(row: sa.RowMapping) -> OrderDetails:
