@@ -145,7 +145,7 @@ class QueryBus:
     """Answers typed queries with registered handlers, through an exact cache with single flight.
 
     ``handlers`` maps each query type to its handler. ``cache_size`` 0 turns the cache (and single
-    flight, which needs the key) off: every ask runs its handler, in READ COMMITTED. ``ttl_s`` is only
+    flight, which needs the key) off: every ask runs its handler (one autocommit statement). ``ttl_s`` is only
     an upper bound on an entry's life; exactness comes from the checkpoint key.
     """
 
@@ -249,7 +249,9 @@ class QueryBus:
         """The answer to ``query``; after ``consistent_with``'s writes are visible to it, if given.
 
         Raises :class:`ConsistencyTimeout` (naming the lagging projection and how far behind it is) or
-        :class:`QueryTimeout` past ``timeout_s``, :class:`UnknownQuery` for an unregistered type.
+        :class:`QueryTimeout` past ``timeout_s``, :class:`UnknownQuery` for an unregistered type; a
+        handler's own errors pass through (:class:`~esflow.query.base.BadCursor` for a cursor the query
+        did not hand out, ``AmbiguousOrderNumber``): the caller's mistakes, not the bus's.
         """
         name = type(query).type_name()
         started = time.perf_counter()
