@@ -46,6 +46,7 @@ from esflow.errors import ClientError, ResultTimeout
 from esflow.messaging.topics import event_topic
 from esflow.query.base import Query
 from esflow.query.consistency import ConsistencyToken, lagging
+from esflow.query.sql import fetch
 from esflow.readmodel.versions import Layout
 from esflow.settings import Settings, TopicSettings, load_settings
 
@@ -132,12 +133,12 @@ class _Entry:
     stored_at: float
 
 
-def _positions(rows: Sequence[Any], projections: Sequence[str]) -> dict[str, Any]:
+def _positions(rows: Sequence[Mapping[str, Any]], projections: Sequence[str]) -> dict[str, Any]:
     found: dict[str, tuple[int | None, list[tuple[str, int, int]]]] = {}
-    for projection, version, _aggregates, topic, partition, offset in rows:
-        entry = found.setdefault(projection, (version, []))
-        if topic is not None:
-            entry[1].append((topic, partition, offset))
+    for row in rows:
+        entry = found.setdefault(row["projection"], (row["version"], []))
+        if row["topic"] is not None:
+            entry[1].append((row["topic"], row["partition"], row["last_offset"]))
     return {p: (found[p][0], tuple(sorted(found[p][1]))) if p in found else (None, ()) for p in projections}
 
 
@@ -194,7 +195,7 @@ class QueryBus:
                       status.c.last_offset)
             .select_from(registry.outerjoin(status, status.c.projection == registry.c.projection))
             .where(registry.c.state == "live",
-                   registry.c.projection.in_(sa.bindparam("names", expanding=True)))
+                   registry.c.projection == sa.any_(sa.bindparam("names", type_=sa.ARRAY(sa.Text))))
         )  # fmt: skip
 
     @classmethod
@@ -303,10 +304,12 @@ class QueryBus:
     async def read_key(self, conn: AsyncConnection, projections: Sequence[str]) -> dict[str, Any]:
         """Each projection's live version and checkpoint offsets, as one statement sees them."""
         names = sorted(set(projections))
-        rows = (await conn.execute(self._key_sql, {"names": names})).all()
+        rows = await fetch(conn, self._key_sql, {"names": names})
         for row in rows:
             # Which topics each live version reads (for consistency waits): its aggregates' event topics.
-            self._reads_topics[row[0]] = frozenset(event_topic(a, self.topics) for a in row[2])
+            self._reads_topics[row["projection"]] = frozenset(
+                event_topic(a, self.topics) for a in row["aggregates"]
+            )
         return _positions(rows, names)
 
     async def current_key(self, projections: Sequence[str]) -> dict[str, Any]:
