@@ -235,6 +235,7 @@ class QueryBus:
         """Release the connections."""
         if self._reader is not None and not self._reader.done():
             self._reader.cancel()
+        self._next_read = None
         await self.engine.dispose()
 
     @property
@@ -383,6 +384,7 @@ class QueryBus:
 
     async def _fetch(self, queries: Sequence[Query[Any]]) -> list[Any]:
         """Run the handlers in one read-only snapshot and cache each answer under the key it saw."""
+        began = time.monotonic()
         async with self.engine.connect() as raw:
             conn = await raw.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
             async with conn.begin():
@@ -392,7 +394,11 @@ class QueryBus:
         if self._cache is not None:
             now = time.monotonic()
             for q, a in zip(queries, answers, strict=True):
-                self._cache[q] = _Entry(self._key_of(q, state), a, now)
+                current = self._cache.get(q)
+                # An entry stored by a fetch that ended after this one began may be of a newer snapshot:
+                # keep it (either is exact; only the newer one can still be hit).
+                if current is None or current.stored_at < began:
+                    self._cache[q] = _Entry(self._key_of(q, state), a, now)
         return answers
 
     async def _answer_many(self, queries: list[Query[Any]]) -> list[Any]:
