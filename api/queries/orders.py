@@ -6,7 +6,7 @@ pair and the next page starts strictly below it, so rows placed meanwhile never 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -30,10 +30,12 @@ from esflow.query.queries import (
     OrdersOfCustomer,
     OrderStatistics,
     OrderStatisticsQuery,
+    OrderStatus,
     OrderSummary,
     SearchOrders,
     StatusTotals,
 )
+from esflow.query.sql import fetch
 
 
 class AmbiguousOrderNumber(EsflowError):
@@ -52,11 +54,18 @@ DETAILS = (
 )  # fmt: skip
 
 
-def _summary(row: sa.RowMapping) -> OrderSummary:
-    return OrderSummary(number=order_number(row["order_id"]), **{c.name: row[c.name] for c in SUMMARY})
+_SUMMARY_NAMES = tuple(c.name for c in SUMMARY)
 
 
-def _details(row: sa.RowMapping) -> OrderDetails:
+def _summary(row: Mapping[str, Any]) -> OrderSummary:
+    # Lists build many of these: constructed without validation, since the view's column types are
+    # already the model's (uuid, numeric, timestamptz); only the status text becomes its enum.
+    fields = dict(zip(_SUMMARY_NAMES, (row[n] for n in _SUMMARY_NAMES), strict=True))
+    fields["status"] = OrderStatus(fields["status"])
+    return OrderSummary.model_construct(number=order_number(fields["order_id"]), **fields)
+
+
+def _details(row: Mapping[str, Any]) -> OrderDetails:
     fields: dict[str, Any] = {c.name: row[c.name] for c in DETAILS}
     lines = fields.pop("lines") or {}
     fields["lines"] = tuple(
@@ -72,23 +81,22 @@ def _details(row: sa.RowMapping) -> OrderDetails:
     return OrderDetails(number=order_number(row["order_id"]), **fields)
 
 
-# Built once: the hottest queries skip building and cache-keying a statement on every ask.
+# Built once: the hottest queries run on the driver connection (esflow.query.sql), compiled once.
 _BY_ID = sa.select(*DETAILS).where(o.order_id == sa.bindparam("order_id"))
+_BY_NUMBER = sa.select(*DETAILS).where(o.order_id.between(sa.bindparam("lo"), sa.bindparam("hi"))).limit(2)
 _OF_CUSTOMER = sa.select(*SUMMARY).where(o.customer_id == sa.bindparam("customer_id"))
 
 
 async def order_by_id(conn: AsyncConnection, query: OrderById) -> OrderDetails | None:
     """One order by id."""
-    row = (await conn.execute(_BY_ID, {"order_id": query.order_id})).mappings().first()
-    return None if row is None else _details(row)
+    rows = await fetch(conn, _BY_ID, {"order_id": query.order_id})
+    return _details(rows[0]) if rows else None
 
 
 async def order_by_number(conn: AsyncConnection, query: OrderByNumber) -> OrderDetails | None:
     """One order by number: an index range scan of the ids that number stands for."""
     lo, hi = order_id_range(query.number)
-    rows = (
-        (await conn.execute(sa.select(*DETAILS).where(o.order_id.between(lo, hi)).limit(2))).mappings().all()
-    )
+    rows = await fetch(conn, _BY_NUMBER, {"lo": lo, "hi": hi})
     if len(rows) > 1:
         raise AmbiguousOrderNumber(
             f"two orders have the number {query.number}", hint="ask for the order by its id instead"
@@ -143,7 +151,7 @@ def _newest_first(select: sa.Select[Any], after: str | None, first: int) -> sa.S
     return select.order_by(o.placed_at.desc(), o.order_id.desc()).limit(first + 1)
 
 
-def _to_page(rows: Sequence[sa.RowMapping], first: int) -> Page[OrderSummary]:
+def _to_page(rows: Sequence[Mapping[str, Any]], first: int) -> Page[OrderSummary]:
     items = [_summary(r) for r in rows[:first]]
     more = len(rows) > first
     cursor = encode_cursor(items[-1].placed_at.isoformat(), str(items[-1].order_id)) if more else None
@@ -166,7 +174,7 @@ async def orders_of_customer(conn: AsyncConnection, query: OrdersOfCustomer) -> 
     """A customer's orders, newest first."""
     if query.after is None:
         params = {"customer_id": query.customer_id, "limit": query.first + 1}
-        return _to_page((await conn.execute(_OF_CUSTOMER_FIRST_PAGE, params)).mappings().all(), query.first)
+        return _to_page(await fetch(conn, _OF_CUSTOMER_FIRST_PAGE, params), query.first)
     return await _page(conn, [o.customer_id == query.customer_id], query.after, query.first)
 
 

@@ -20,9 +20,11 @@ a fact of the database, and grouping makes it cheap.
 Single flight. Identical asks (equal query, same key) that miss together run the handler once; the
 others await its answer. An answer read at a later key than the asker saw is newer, never older.
 
-Read-your-writes. ``consistent_with=token`` first waits, with :class:`ProjectionWaiter`, until every
-projection in ``query.reads`` has applied the token's offsets, then asks as usual (the key read after
-the wait is at or past the token, so a cached answer is too).
+Read-your-writes. ``consistent_with=token`` first waits until every projection in ``query.reads`` has
+applied the token's offsets (:func:`esflow.query.consistency.lagging`, the rule the command SDK's
+waiter applies), polling the same shared key read (its offsets are the checkpoints: the applier writes
+both in one transaction), so waiting askers cost no extra round trips. Then it asks as usual; the key
+read after the wait is at or past the token, so a cached answer is too.
 """
 
 from __future__ import annotations
@@ -41,10 +43,12 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from esflow.errors import ClientError, ResultTimeout
+from esflow.messaging.topics import event_topic
 from esflow.query.base import Query
-from esflow.query.consistency import ConsistencyToken, ProjectionWaiter
+from esflow.query.consistency import ConsistencyToken, lagging
+from esflow.query.sql import fetch
 from esflow.readmodel.versions import Layout
-from esflow.settings import Settings, load_settings
+from esflow.settings import Settings, TopicSettings, load_settings
 
 log = logging.getLogger("esflow.query")
 
@@ -129,12 +133,12 @@ class _Entry:
     stored_at: float
 
 
-def _positions(rows: Sequence[Any], projections: Sequence[str]) -> dict[str, Any]:
+def _positions(rows: Sequence[Mapping[str, Any]], projections: Sequence[str]) -> dict[str, Any]:
     found: dict[str, tuple[int | None, list[tuple[str, int, int]]]] = {}
-    for projection, version, topic, partition, offset in rows:
-        entry = found.setdefault(projection, (version, []))
-        if topic is not None:
-            entry[1].append((topic, partition, offset))
+    for row in rows:
+        entry = found.setdefault(row["projection"], (row["version"], []))
+        if row["topic"] is not None:
+            entry[1].append((row["topic"], row["partition"], row["last_offset"]))
     return {p: (found[p][0], tuple(sorted(found[p][1]))) if p in found else (None, ()) for p in projections}
 
 
@@ -142,7 +146,7 @@ class QueryBus:
     """Answers typed queries with registered handlers, through an exact cache with single flight.
 
     ``handlers`` maps each query type to its handler. ``cache_size`` 0 turns the cache (and single
-    flight, which needs the key) off: every ask runs its handler, in READ COMMITTED. ``ttl_s`` is only
+    flight, which needs the key) off: every ask runs its handler (one autocommit statement). ``ttl_s`` is only
     an upper bound on an entry's life; exactness comes from the checkpoint key.
     """
 
@@ -152,7 +156,7 @@ class QueryBus:
         handlers: Mapping[type[Query[Any]], Handler],
         *,
         layout: Layout,
-        waiter: ProjectionWaiter | None = None,
+        topics: TopicSettings | None = None,
         cache_size: int = 10_000,
         ttl_s: float = 300.0,
         poll_s: float = 0.01,
@@ -160,7 +164,8 @@ class QueryBus:
         self.engine = engine
         self.handlers = dict(handlers)
         self.layout = layout
-        self.waiter = waiter
+        self.topics = topics or TopicSettings()
+        self._reads_topics: dict[str, frozenset[str]] = {}
         self.ttl_s = ttl_s
         self.poll_s = poll_s
         self._cache: LRUCache[Query[Any], _Entry] | None = LRUCache(cache_size) if cache_size > 0 else None
@@ -181,14 +186,16 @@ class QueryBus:
             sa.column("projection", sa.Text),
             sa.column("version", sa.Integer),
             sa.column("state", sa.Text),
+            sa.column("aggregates", sa.ARRAY(sa.Text)),
             schema=layout.base,
         )
         self._key_sql = (
-            sa.select(registry.c.projection, registry.c.version, status.c.topic, status.c.partition,
+            sa.select(registry.c.projection, registry.c.version, registry.c.aggregates, status.c.topic,
+                      status.c.partition,
                       status.c.last_offset)
             .select_from(registry.outerjoin(status, status.c.projection == registry.c.projection))
             .where(registry.c.state == "live",
-                   registry.c.projection.in_(sa.bindparam("names", expanding=True)))
+                   registry.c.projection == sa.any_(sa.bindparam("names", type_=sa.ARRAY(sa.Text))))
         )  # fmt: skip
 
     @classmethod
@@ -219,18 +226,17 @@ class QueryBus:
             engine,
             handlers,
             layout=layout,
-            waiter=ProjectionWaiter(settings),
+            topics=settings.topics,
             cache_size=cache_size,
             ttl_s=ttl_s,
         )
 
     async def close(self) -> None:
-        """Release the connections (the waiter's too)."""
+        """Release the connections."""
         if self._reader is not None and not self._reader.done():
             self._reader.cancel()
+        self._next_read = None
         await self.engine.dispose()
-        if self.waiter is not None:
-            await asyncio.to_thread(self.waiter.close)
 
     @property
     def cached(self) -> bool:
@@ -245,7 +251,9 @@ class QueryBus:
         """The answer to ``query``; after ``consistent_with``'s writes are visible to it, if given.
 
         Raises :class:`ConsistencyTimeout` (naming the lagging projection and how far behind it is) or
-        :class:`QueryTimeout` past ``timeout_s``, :class:`UnknownQuery` for an unregistered type.
+        :class:`QueryTimeout` past ``timeout_s``, :class:`UnknownQuery` for an unregistered type; a
+        handler's own errors pass through (:class:`~esflow.query.base.BadCursor` for a cursor the query
+        did not hand out, ``AmbiguousOrderNumber``): the caller's mistakes, not the bus's.
         """
         name = type(query).type_name()
         started = time.perf_counter()
@@ -297,7 +305,12 @@ class QueryBus:
     async def read_key(self, conn: AsyncConnection, projections: Sequence[str]) -> dict[str, Any]:
         """Each projection's live version and checkpoint offsets, as one statement sees them."""
         names = sorted(set(projections))
-        rows = (await conn.execute(self._key_sql, {"names": names})).all()
+        rows = await fetch(conn, self._key_sql, {"names": names})
+        for row in rows:
+            # Which topics each live version reads (for consistency waits): its aggregates' event topics.
+            self._reads_topics[row["projection"]] = frozenset(
+                event_topic(a, self.topics) for a in row["aggregates"]
+            )
         return _positions(rows, names)
 
     async def current_key(self, projections: Sequence[str]) -> dict[str, Any]:
@@ -371,6 +384,7 @@ class QueryBus:
 
     async def _fetch(self, queries: Sequence[Query[Any]]) -> list[Any]:
         """Run the handlers in one read-only snapshot and cache each answer under the key it saw."""
+        began = time.monotonic()
         async with self.engine.connect() as raw:
             conn = await raw.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
             async with conn.begin():
@@ -380,7 +394,11 @@ class QueryBus:
         if self._cache is not None:
             now = time.monotonic()
             for q, a in zip(queries, answers, strict=True):
-                self._cache[q] = _Entry(self._key_of(q, state), a, now)
+                current = self._cache.get(q)
+                # An entry stored by a fetch that ended after this one began may be of a newer snapshot:
+                # keep it (either is exact; only the newer one can still be hit).
+                if current is None or current.stored_at < began:
+                    self._cache[q] = _Entry(self._key_of(q, state), a, now)
         return answers
 
     async def _answer_many(self, queries: list[Query[Any]]) -> list[Any]:
@@ -413,22 +431,30 @@ class QueryBus:
         return answers
 
     async def _wait(self, query: Query[Any], token: ConsistencyToken, *, deadline: float) -> None:
+        """Poll the (shared) key until every projection the query reads has passed ``token``."""
         name = type(query).type_name()
-        if self.waiter is None:
-            raise QueryError(f"{name}: this bus cannot wait for a consistency token (it has no waiter)")
         started = time.perf_counter()
         waited = False
-        for projection in sorted(set(query.reads)):
-            while True:
-                lagging = await asyncio.to_thread(self.waiter.behind, token, projection)
-                if not lagging:
-                    break
-                now = time.perf_counter()
-                if now >= deadline:
-                    WAITS.labels(name, "timeout").inc()
-                    raise ConsistencyTimeout(name, projection, lagging, now - started)
-                waited = True
-                await asyncio.sleep(min(self.poll_s, deadline - now))
+        reads = sorted(set(query.reads))
+        while True:
+            state = await self.shared_key(reads)
+            late = [
+                (p, lag)
+                for p in reads
+                if (
+                    lag := lagging(
+                        token, self._reads_topics.get(p, frozenset()), {(t, n): o for t, n, o in state[p][1]}
+                    )
+                )
+            ]
+            if not late:
+                break
+            now = time.perf_counter()
+            if now >= deadline:
+                WAITS.labels(name, "timeout").inc()
+                raise ConsistencyTimeout(name, late[0][0], late[0][1], now - started)
+            waited = True
+            await asyncio.sleep(min(self.poll_s, deadline - now))
         WAITS.labels(name, "waited" if waited else "passed").inc()
         WAIT_SECONDS.labels(name).observe(time.perf_counter() - started)
 
