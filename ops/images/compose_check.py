@@ -5,24 +5,33 @@
 Uses the images named by ESFLOW_IMAGE_* (CI passes the esflow-local/... ones), free loopback ports
 and its own compose project, so it never touches a stack already running on the machine. It opens
 accounts through the host's CommandClient, waits for every answer, then for every account in
-`bi.account_balances` (the pipeline's migrations created the view, its projector filled it), and
-finally runs `down -v` and checks that no container or volume of the project is left. Exit 0 only
-when all of that held; the timings go to stdout.
+`bi.account_balances` (the pipeline's migrations created the view, its projector filled it), asks the
+API service over HTTP for one of them with an operator token (an RSA key made here, its public half
+mounted into the container), and finally runs `down -v` and checks that no container or volume of the
+project is left. Exit 0 only when all of that held; the timings go to stdout.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from uuid import UUID, uuid4
 
 import click
+import jwt
 import psycopg
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from esflow.client.sender import CommandClient
 from esflow.domain.account import OpenAccount
@@ -109,6 +118,55 @@ def _visible(conninfo: str, ids: list[UUID]) -> int:
     return int(row[0]) if row else 0
 
 
+def _api_key(where: Path) -> rsa.RSAPrivateKey:
+    """A fresh RSA key whose public half the compose API is given (ESFLOW_API_PUBLIC_KEY)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    where.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return key
+
+
+def _graphql(url: str, token: str, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+    body = json.dumps({"query": query, "variables": variables}).encode()
+    request = urllib.request.Request(
+        f"{url}/graphql",
+        data=body,
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+    return answer
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=10) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _check_api(url: str, key: rsa.RSAPrivateKey, ids: list[UUID], timeout_s: float) -> None:
+    """The compose API is ready and serves an account the pipeline projected, to an operator token."""
+    if not wait_until(lambda: _ready(url), timeout_s=timeout_s, interval_s=0.5):
+        raise click.ClickException(f"the API at {url} never became ready (GET /readyz)")
+    now = int(time.time())
+    token = jwt.encode(
+        {"iss": "esflow", "aud": "esflow-api", "sub": "compose-check", "roles": ["operator"],
+         "iat": now, "exp": now + 300},
+        key,
+        algorithm="RS256",
+    )  # fmt: skip
+    answer = _graphql(url, token, "query($id: UUID!) { account(id: $id) { accountId currency } }",
+                      {"id": str(ids[0])})  # fmt: skip
+    account = (answer.get("data") or {}).get("account")
+    if not account or account["accountId"] != str(ids[0]):
+        raise click.ClickException(f"the API did not serve account {ids[0]}: {answer}")
+
+
 @click.command()
 @click.option("--accounts", default=20, show_default=True, help="Accounts opened from the host.")
 @click.option("--timeout", "timeout_s", default=300.0, show_default=True, help="Seconds for each wait.")
@@ -118,8 +176,13 @@ def main(accounts: int, timeout_s: float) -> None:
     kafka = KafkaSettings(port=free_port(host), controller_port=free_port(host))
     pg = PostgresSettings(port=free_port(host))
     env = dict(os.environ)
+    key_dir = Path(tempfile.mkdtemp(prefix="esflow-compose-check-"))
+    key = _api_key(key_dir / "api-public-key.pem")
+    api_url = f"http://{host}:{free_port(host)}"
     env.update(
         {
+            "ESFLOW_API_PORT": api_url.rsplit(":", 1)[1],
+            "ESFLOW_API_PUBLIC_KEY": str(key_dir / "api-public-key.pem"),
             "ESFLOW_KAFKA_PORT": str(kafka.port),
             "ESFLOW_KAFKA_CONTROLLER_PORT": str(kafka.node_controller_port(1)),
             "ESFLOW_PG_PORT": str(pg.port),
@@ -150,7 +213,10 @@ def main(accounts: int, timeout_s: float) -> None:
             raise click.ClickException(
                 f"only {_visible(conninfo, ids)} of {len(ids)} accounts reached bi.account_balances"
             )
-        click.echo(f"all {len(ids)} visible in bi.account_balances: {time.monotonic() - t_answered:.1f}s")
+        t_visible = time.monotonic()
+        click.echo(f"all {len(ids)} visible in bi.account_balances: {t_visible - t_answered:.1f}s")
+        _check_api(api_url, key, ids, timeout_s)
+        click.echo(f"the API served a projected account over HTTP: {time.monotonic() - t_visible:.1f}s")
         failed = False
     finally:
         if failed:

@@ -388,6 +388,39 @@ class SchedulerSettings(BaseSettings):
     def transactional_id(self) -> str:
         """Stable per instance, so a restarted instance fences its predecessor and aborts its open txn."""
         return f"{self.group_id}-{self.instance_id}"
+class ApiSettings(BaseSettings):
+    """The GraphQL/HTTP API: where it listens, how it checks tokens, and its input limits.
+
+    Tokens are RS256 JWTs. The verification keys come from one PEM public key (``jwt_public_key_file``)
+    or a JWKS document, as a file (``jwt_jwks_file``) or a URL (``jwt_jwks_url``); exactly one is set.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ESFLOW_API_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Interface the API listens on.")
+    port: int = Field(8080, ge=1, le=65535, description="Port of the API (GraphQL, health and metrics).")
+    jwt_issuer: str = Field("esflow", description="The `iss` every token must carry.")
+    jwt_audience: str = Field("esflow-api", description="The `aud` every token must name.")
+    jwt_public_key_file: Path | None = Field(None, description="PEM file with the RS256 public key.")
+    jwt_jwks_file: Path | None = Field(None, description="JWKS document (JSON file) with the public keys.")
+    jwt_jwks_url: str | None = Field(None, description="URL of a JWKS document (fetched and cached).")
+    jwt_leeway_s: float = Field(30.0, ge=0, le=300, description="Clock skew allowed on exp, nbf and iat.")
+    roles_claim: str = Field("roles", description="Claim holding the caller's roles (a list or a string).")
+    customer_claim: str = Field(
+        "sub", description="Claim holding a customer's id (a UUID): the customer whose data a token reaches."
+    )
+    max_depth: int = Field(10, ge=2, description="Deepest selection a query may make.")
+    max_complexity: int = Field(
+        5000, ge=10, description="Most fields a query may ask for, pages counted `first` times."
+    )
+    max_body_bytes: int = Field(65536, ge=1024, description="Largest request body accepted.")
+    max_page_size: int = Field(100, ge=1, le=500, description="Largest `first` of a paginated field.")
+    command_timeout_s: float = Field(10.0, gt=0, description="How long a mutation waits for its result.")
+    query_timeout_s: float = Field(
+        5.0, gt=0, description="How long a query (and its consistency wait) may take."
+    )
+    cache_size: int = Field(10_000, ge=0, description="Query cache entries (0 turns the cache off).")
+    pool_size: int = Field(10, ge=1, description="Postgres connections of the query bus.")
 
 
 class Settings(BaseSettings):
@@ -405,6 +438,7 @@ class Settings(BaseSettings):
     projections: ProjectionSettings = Field(default_factory=ProjectionSettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
 
 
 def load_settings() -> Settings:

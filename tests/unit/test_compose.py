@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from esflow.cli import cli
-from esflow.settings import ImageSettings, KafkaSettings, PostgresSettings
+from esflow.settings import ApiSettings, ImageSettings, KafkaSettings, PostgresSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 _VAR = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?::-(?P<default>[^}]*))?\}")
@@ -109,3 +109,21 @@ def test_esflow_services_are_behind_a_profile_and_use_real_commands(
         assert svc["environment"]["ESFLOW_KAFKA_BOOTSTRAP"] == kafka.bootstrap_servers
         assert svc["environment"]["ESFLOW_DATABASE_URL"] == pg.database_url
         assert set(svc["depends_on"]) == {"kafka", "postgres"}
+
+
+def test_api_service_matches_the_api_settings(compose: Compose) -> None:
+    doc, _ = compose
+    svc = doc["services"]["esflow-api"]
+    assert svc["command"] == ["esflow", "api", "run"]
+    api = ApiSettings()
+    environment = svc["environment"]
+    assert int(environment["ESFLOW_API_PORT"]) == api.port
+    assert environment["ESFLOW_API_HOST"] == "127.0.0.1"
+    assert (environment["ESFLOW_API_JWT_ISSUER"], environment["ESFLOW_API_JWT_AUDIENCE"]) == (
+        api.jwt_issuer,
+        api.jwt_audience,
+    )
+    # The key file the API reads is the one the bind mount puts in the container.
+    (mount,) = svc["volumes"]
+    assert mount["type"] == "bind" and mount["read_only"] is True
+    assert mount["target"] == environment["ESFLOW_API_JWT_PUBLIC_KEY_FILE"]

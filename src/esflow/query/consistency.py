@@ -18,6 +18,7 @@ SQL") keeps ``esflow.client.sender`` from importing it.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from esflow.client.preflight import ServiceNotRunning
@@ -75,6 +76,22 @@ class ConsistencyToken:
         return cls(tuple(sorted(positions)))
 
 
+def lagging(
+    token: ConsistencyToken, topics: Collection[str], have: Mapping[TP, int]
+) -> list[tuple[str, int, int, int | None]]:
+    """The token's partitions a projection has not applied: (topic, partition, wanted, applied or None).
+
+    ``topics`` are the topics the projection reads, ``have`` its checkpoints. Partitions of topics the
+    projection does not read are not waited for (a write can touch several aggregates; a read model
+    sees only its own). No topics at all means no live version: everything lags.
+    """
+    if not topics:
+        return [(t, p, o, None) for t, p, o in token.positions]
+    return [
+        (t, p, o, have.get((t, p))) for t, p, o in token.positions if t in topics and have.get((t, p), -1) < o
+    ]
+
+
 class ProjectionWaiter:
     """Polls a projection's checkpoints; one per process (it holds a small connection pool)."""
 
@@ -109,13 +126,7 @@ class ProjectionWaiter:
         if not token.positions:
             return []
         topics, have = self.checkpoints(projection)
-        if not topics:
-            return [(t, p, o, None) for t, p, o in token.positions]
-        return [
-            (t, p, o, have.get((t, p)))
-            for t, p, o in token.positions
-            if t in topics and have.get((t, p), -1) < o
-        ]
+        return lagging(token, topics, have)
 
     def wait(
         self, token: ConsistencyToken, projection: str, *, timeout: float = 10.0, poll_s: float = 0.01
@@ -192,4 +203,4 @@ def require_projection(settings: Settings, projection: str) -> None:
     )
 
 
-__all__ = ["ConsistencyToken", "ProjectionWaiter", "require_projection", "wait_for_projection"]
+__all__ = ["ConsistencyToken", "ProjectionWaiter", "lagging", "require_projection", "wait_for_projection"]
