@@ -69,6 +69,15 @@ from esflow.messaging.codec import (
     HEADER_VERSION,
     Codec,
 )
+from esflow.messaging.deadletters import (
+    DLQ_ERROR,
+    DLQ_OFFSET,
+    DLQ_PARTITION,
+    DLQ_PREFIX,
+    DLQ_PROCESSOR,
+    DLQ_REASON,
+    DLQ_TOPIC,
+)
 from esflow.messaging.kafka import consumer_config, partition_for, transactional_producer_config
 from esflow.messaging.results import AppendedEvent, CommandResult, DeadLetterReport, answer_key, report_key
 from esflow.settings import KafkaSettings, ProcessorSettings, TopicSettings
@@ -77,15 +86,6 @@ from processors.restore import restore_partition
 from processors.state import HEADER_EVENTS_UNTIL, AggregateRecord, PartitionCache, ResultSlot, compact_entry
 
 log = logging.getLogger("esflow.processor")
-
-# Dead-letter headers: the reason and where the original came from (its own headers are kept too).
-DLQ_PREFIX = "esflow-dlq-"
-DLQ_REASON = "esflow-dlq-reason"
-DLQ_ERROR = "esflow-dlq-error"
-DLQ_TOPIC = "esflow-dlq-topic"
-DLQ_PARTITION = "esflow-dlq-partition"
-DLQ_OFFSET = "esflow-dlq-offset"
-DLQ_PROCESSOR = "esflow-dlq-processor"
 
 
 RENEWALS_MAX = 3

@@ -26,10 +26,11 @@ from esflow.domain.order import (
 from esflow.domain.product import DiscontinueProduct, ReceiveStock, RegisterProduct, ReserveStock
 from esflow.domain.values import Address, OrderItem
 from esflow.messaging.codec import HEADER_ID
+from esflow.messaging.deadletters import DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC
 from esflow.messaging.kafka import partition_for
 from esflow.messaging.results import CommandResult, answer_key, is_report_key
 from esflow.settings import KafkaSettings
-from processors.processor import DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC, Processor
+from processors.processor import Processor
 from tests.integration.processor.kit import (
     CODEC,
     Env,
