@@ -42,6 +42,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from esflow.messaging.kafka import admin_client
+from esflow.messaging.topics import event_topic
 from esflow.messaging.watch import PipelineWatch, committed_ends
 from esflow.readmodel.status import live_records_left, process_instances_by_status, version_report
 from esflow.readmodel.store import create_engine
@@ -140,24 +141,24 @@ class Console:
             problems.append(f"PostgreSQL: {_one_line(exc)}")
             log.warning("console: reading the read models failed: %s", exc)
         ends: dict[tuple[str, int], int] = {}
+        reads: dict[tuple[str, int], list[tuple[str, int]]] = {}
         if report:
-            wanted = [(p["topic"], p["partition"]) for e in report for p in e.get("partitions", ())]
             try:
-                if self._admin is None:
-                    self._admin = admin_client(self.settings.kafka)
-                ends = committed_ends(self._admin, wanted)
+                ends, reads = self._ends(report)
             except Exception as exc:
                 problems.append(f"Kafka (topic ends): {_one_line(exc)}")
-            if wanted and not ends:
-                problems.append(
-                    "Kafka: no partition end answered; records left are the workers' last figures"
-                )
+            if not ends:
+                problems.append("Kafka: no partition end answered: records left are the workers' own figures")
         outcomes = watch.outcomes()
         if outcomes.error:
             problems.append(f"Kafka (results tail): {outcomes.error}")
         return {
             "generated_at": now,
-            "projections": None if report is None else [self._projection(e, ends, now) for e in report],
+            "projections": None
+            if report is None
+            else [
+                self._projection(e, ends, reads.get((e["projection"], e["version"]), []), now) for e in report
+            ],
             "processor": {
                 "window_s": outcomes.window_s,
                 "per_second": outcomes.per_second,
@@ -175,13 +176,38 @@ class Console:
             "problems": problems,
         }
 
+    def _ends(
+        self, report: list[dict[str, Any]]
+    ) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], list[tuple[str, int]]]]:
+        """Each read partition's end now, and per (projection, version) the partitions it reads."""
+        if self._admin is None:
+            self._admin = admin_client(self.settings.kafka)
+        metadata = self._admin.list_topics(timeout=5)
+        reads: dict[tuple[str, int], list[tuple[str, int]]] = {}
+        wanted: set[tuple[str, int]] = set()
+        for entry in report:
+            if "partitions" not in entry:
+                continue
+            read = [(p["topic"], p["partition"]) for p in entry["partitions"]]
+            for aggregate in entry["aggregates"]:
+                topic = event_topic(aggregate, self.settings.topics)
+                if topic in metadata.topics:
+                    read += [(topic, p) for p in metadata.topics[topic].partitions]
+            reads[(entry["projection"], entry["version"])] = read
+            wanted.update(read)
+        return committed_ends(self._admin, wanted), reads
+
     def _projection(
-        self, entry: dict[str, Any], ends: dict[tuple[str, int], int], now: datetime
+        self,
+        entry: dict[str, Any],
+        ends: dict[tuple[str, int], int],
+        reads: list[tuple[str, int]],
+        now: datetime,
     ) -> dict[str, Any]:
         partitions = entry.get("partitions")
         if partitions is None:
             return {k: entry.get(k) for k in ("projection", "version", "state", "live_since")}
-        left = live_records_left(partitions, ends)
+        left = live_records_left(partitions, ends, reads)
         newest = max((p["last_event_at"] for p in partitions if p["last_event_at"]), default=None)
         written = max((p["updated_at"] for p in partitions), default=None)
         halted = [f"{p['topic']}[{p['partition']}]: {p['error']}" for p in partitions if p["halted"]]
@@ -192,7 +218,9 @@ class Console:
             health = "unknown"
         elif left == 0:
             health = "caught up"
-        elif written_age is not None and written_age >= STALLED_AFTER_S:
+        elif written_age is None:
+            health = "not started"
+        elif written_age >= STALLED_AFTER_S:
             health = "stalled"
         else:
             health = "catching up"

@@ -10,7 +10,7 @@ also covers a worker that stopped writing.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -50,6 +50,7 @@ def version_report(
                 "state": v.state,
                 "schema": v.schema,
                 "code_version": v.code_version,
+                "aggregates": list(v.aggregates),
                 "created_at": v.created_at,
                 "live_since": v.live_since,
                 "error": v.error,
@@ -86,18 +87,30 @@ def version_report(
     return out
 
 
-def live_records_left(partitions: Sequence[Mapping[str, Any]], ends: Mapping[TP, int]) -> int | None:
+def live_records_left(
+    partitions: Sequence[Mapping[str, Any]], ends: Mapping[TP, int], expected: Iterable[TP] = ()
+) -> int | None:
     """Records still to apply over ``partitions`` (report rows) given each partition's end offset now.
 
     ``ends`` maps (topic, partition) to where a read_committed reader stops (the last stable offset). A
-    partition whose end is unknown counts with the lag its worker last wrote; None when nothing is known.
+    partition whose end is unknown counts with the lag its worker last wrote. ``expected`` names the
+    partitions the version reads: one without a row has applied nothing yet, so all of it is left.
+    None when nothing is known.
     """
     total: int | None = None
+    seen: set[TP] = set()
     for p in partitions:
-        end = ends.get((p["topic"], p["partition"]))
+        tp = (p["topic"], p["partition"])
+        seen.add(tp)
+        end = ends.get(tp)
         left = records_left(int(p["last_offset"]), end) if end is not None else p.get("lag")
         if left is not None:
             total = (total or 0) + int(left)
+    for tp in expected:
+        if tp not in seen and tp in ends:
+            seen.add(tp)
+            # Offset -1: nothing of the partition applied, so every record before its end is left.
+            total = (total or 0) + int(records_left(-1, ends[tp]) or 0)
     return total
 
 
