@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+import psycopg
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
@@ -30,7 +31,8 @@ from esflow.client.sender import CommandClient
 from esflow.domain.account import DepositFunds, OpenAccount, WithdrawFunds
 from esflow.messaging import topics
 from esflow.messaging.kafka import producer_config
-from esflow.settings import KafkaSettings, Settings, TopicSettings
+from esflow.readmodel.versions import Layout
+from esflow.settings import KafkaSettings, PostgresSettings, ProjectionSettings, Settings, TopicSettings
 from ops.stack.proc import free_port
 from tests.conftest import drop_installation
 from tests.support.services import Services
@@ -81,6 +83,8 @@ def pipeline(
     settings = Settings(
         kafka=KafkaSettings(bootstrap=services.kafka_bootstrap),
         topics=TopicSettings(prefix=prefix, partitions=PARTITIONS),
+        postgres=PostgresSettings(database_url_override=services.database_url),
+        projections=ProjectionSettings(db_schema=schema),
     )
     topics.apply(admin, topics.catalogue(settings.topics))
     env = services.subprocess_env()
@@ -140,16 +144,21 @@ class Traffic:
         self.client = client
         self.account = account
         self.sent = 0
+        self.failure: BaseException | None = None
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self.stop.is_set():
-            deposit = DepositFunds.model_validate({"amount": {"amount": "1.00", "currency": "EUR"}})
-            result = self.client.send_and_wait(deposit, self.account, timeout=30)
-            assert result.status == "accepted"
-            self.sent += 1
-            self.stop.wait(0.1)
+        deposit = DepositFunds.model_validate({"amount": {"amount": "1.00", "currency": "EUR"}})
+        try:
+            while not self.stop.is_set():
+                result = self.client.send_and_wait(deposit, self.account, timeout=30)
+                if result.status != "accepted":
+                    raise AssertionError(f"deposit {result.status}: {result.reason} {result.message}")
+                self.sent += 1
+                self.stop.wait(0.1)
+        except BaseException as exc:  # the test thread re-raises it after stopping the traffic
+            self.failure = exc
 
     def __enter__(self) -> Traffic:
         self.thread.start()
@@ -158,6 +167,8 @@ class Traffic:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join(60)
+        if self.failure is not None:
+            raise self.failure
 
 
 def _number(text: str | None) -> float:
@@ -245,6 +256,19 @@ def test_console_shows_live_figures_and_turns_stale(pipeline: Pipeline) -> None:
             assert dead.first.text_content() == "undecodable"
             assert _number(page.text_content("#dead-total")) >= 1
             assert page.locator("#stale").is_hidden()
+
+            # The process managers' read model appears (its bi view): the panel counts by type and status.
+            bi = Layout(pipeline.settings.projections.db_schema).bi
+            with psycopg.connect(pipeline.settings.postgres.database_url.replace("+psycopg", "")) as conn:
+                conn.execute(
+                    f'CREATE VIEW "{bi}".process_instances AS SELECT * FROM (VALUES '
+                    "('fulfilment', 'running'), ('fulfilment', 'completed'), ('fulfilment', 'completed')) "
+                    "AS v(process_type, status)"
+                )
+            counted = page.locator("#process-body tbody tr")
+            counted.first.wait_for(timeout=30_000)
+            cells = "rs => rs.map(r => Array.from(r.cells, c => c.textContent).join(' '))"
+            assert counted.evaluate_all(cells) == ["fulfilment completed 2", "fulfilment running 1"]
             assert errors == [], errors
 
             # The endpoint stops answering: within a few refreshes the page says its figures are stale.
