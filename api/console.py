@@ -83,6 +83,7 @@ class Console:
         self._watch: PipelineWatch | None = None
         self._last: tuple[float, bytes] | None = None
         self._janitor: threading.Timer | None = None
+        self._asked = time.monotonic()
 
     # ------------------------------------------------------------------------------------ lifecycle
 
@@ -94,11 +95,27 @@ class Console:
         return self._watch
 
     def _arm_idle_stop(self) -> None:
-        if self._janitor is not None:
-            self._janitor.cancel()
-        self._janitor = threading.Timer(self.idle_stop_s, self.close)
+        self._asked = time.monotonic()
+        if self._janitor is None or not self._janitor.is_alive():
+            self._janitor = threading.Timer(self.idle_stop_s, self._close_if_idle)
+            self._janitor.daemon = True
+            self._janitor.start()
+
+    def _close_if_idle(self) -> None:
+        idle = time.monotonic() - self._asked
+        if idle >= self.idle_stop_s:
+            self.close()
+            return
+        # Asked since the timer was set: look again when the newest request turns idle_stop_s old.
+        self._janitor = threading.Timer(self.idle_stop_s - idle, self._close_if_idle)
         self._janitor.daemon = True
         self._janitor.start()
+
+    @property
+    def tailing(self) -> bool:
+        """True while the Kafka tail runs (from the first request until ``idle_stop_s`` without one)."""
+        watch = self._watch
+        return watch is not None and watch.running
 
     def close(self) -> None:
         """Stop the Kafka tail and release the connections (the next request starts them again)."""

@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+import orjson
 import psycopg
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
+from api.console import Console
 from esflow.client.sender import CommandClient
 from esflow.domain.account import DepositFunds, OpenAccount, WithdrawFunds
 from esflow.messaging import topics
@@ -280,3 +282,21 @@ def test_console_shows_live_figures_and_turns_stale(pipeline: Pipeline) -> None:
             assert all("ERR_CONNECTION_REFUSED" in e for e in errors), errors
         finally:
             browser.close()
+
+
+def test_the_state_names_every_part_and_the_kafka_tail_stops_when_nobody_asks(pipeline: Pipeline) -> None:
+    console = Console(pipeline.settings, idle_stop_s=1.0)
+    try:
+        state = orjson.loads(console.state_json())
+        assert console.tailing
+        assert state["problems"] == [], state["problems"]
+        assert {"projections", "processor", "dead_letters", "process_instances"} <= set(state)
+        names = {p["projection"] for p in state["projections"]}
+        assert "account_balances" in names
+        eventually(lambda: not console.tailing, timeout=30, interval=0.2, what="the idle tail to stop")
+        # The next request starts it again.
+        orjson.loads(console.state_json())
+        assert console.tailing
+    finally:
+        console.close()
+    assert not console.tailing
