@@ -8,6 +8,8 @@ need_apt=()
 command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || [ -n "${ESFLOW_PG_BIN_DIR:-}" ] || need_apt+=(postgresql-15)
+# The console page's browser test drives Debian's chromium (headless); esflow itself never needs it.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "esflow: missing system packages: ${need_apt[*]} (install them with apt-get as root)" >&2

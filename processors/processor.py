@@ -26,24 +26,9 @@ from processors.loop import (
 from processors.metrics import Metrics
 from processors.restore import restore_partition
 from processors.state import PartitionCache
-from processors.step import (
-    DLQ_ERROR,
-    DLQ_OFFSET,
-    DLQ_PARTITION,
-    DLQ_PROCESSOR,
-    DLQ_REASON,
-    DLQ_TOPIC,
-    CommandStep,
-    Topics,
-)
+from processors.step import CommandStep, Topics
 
 __all__ = [
-    "DLQ_ERROR",
-    "DLQ_OFFSET",
-    "DLQ_PARTITION",
-    "DLQ_PROCESSOR",
-    "DLQ_REASON",
-    "DLQ_TOPIC",
     "RENEWALS_MAX",
     "Processor",
     "Topics",

@@ -23,12 +23,19 @@ from dataclasses import dataclass, field
 from esflow.domain.aggregates import AGGREGATES
 from esflow.messaging import results as rc
 from esflow.messaging import topics as topic_names
+from esflow.messaging.deadletters import (
+    DLQ_ERROR,
+    DLQ_OFFSET,
+    DLQ_PARTITION,
+    DLQ_PROCESSOR,
+    DLQ_REASON,
+    DLQ_TOPIC,
+)
 from esflow.messaging.kafka import read_to_end
 from esflow.messaging.scheduling import read_schedule, state_headers
 from esflow.settings import SchedulerSettings, Settings
 from processors.loop import Incoming, LoopOptions, Outgoing, TransactionalLoop
 from processors.metrics import Metrics
-from processors.step import DLQ_ERROR, DLQ_OFFSET, DLQ_PARTITION, DLQ_PROCESSOR, DLQ_REASON, DLQ_TOPIC
 
 log = logging.getLogger("esflow.scheduler")
 

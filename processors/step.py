@@ -45,6 +45,15 @@ from esflow.messaging.codec import (
     HEADER_VERSION,
     Codec,
 )
+from esflow.messaging.deadletters import (
+    DLQ_ERROR,
+    DLQ_OFFSET,
+    DLQ_PARTITION,
+    DLQ_PREFIX,
+    DLQ_PROCESSOR,
+    DLQ_REASON,
+    DLQ_TOPIC,
+)
 from esflow.messaging.kafka import partition_for
 from esflow.messaging.results import AppendedEvent, CommandResult, DeadLetterReport, answer_key, report_key
 from esflow.settings import ProcessorSettings, TopicSettings
@@ -55,13 +64,6 @@ from processors.state import HEADER_EVENTS_UNTIL, AggregateRecord, PartitionCach
 log = logging.getLogger("esflow.processor")
 
 # Dead-letter headers: the reason and where the original came from (its own headers are kept too).
-DLQ_PREFIX = "esflow-dlq-"
-DLQ_REASON = "esflow-dlq-reason"
-DLQ_ERROR = "esflow-dlq-error"
-DLQ_TOPIC = "esflow-dlq-topic"
-DLQ_PARTITION = "esflow-dlq-partition"
-DLQ_OFFSET = "esflow-dlq-offset"
-DLQ_PROCESSOR = "esflow-dlq-processor"
 
 Restore = Callable[[PartitionCache, str, str], None]
 """Fills a partition's cache from ``(cache, snapshots topic, events topic)``: the step's only Kafka reads."""

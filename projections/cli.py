@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from esflow.readmodel import versions
 from esflow.readmodel.migrations import MIGRATIONS, applied_versions
-from esflow.readmodel.versions import Layout
+from esflow.readmodel.status import version_report
 from esflow.settings import Settings, load_settings
 from esflow.supervisor import Supervisor
 from projections import worker
@@ -266,52 +266,12 @@ def projection_status(names: tuple[str, ...], as_json: bool) -> None:
     settings = load_settings()
     layout = _layout(settings)
     chosen = list(names) or list(PROJECTIONS)
-    report = _read(settings, "reading the projection versions", lambda c: _status_report(c, layout, chosen))
+    report = _read(settings, "reading the projection versions", lambda c: version_report(c, layout, chosen))
     for entry in report:
         if as_json:
             click.echo(json.dumps(entry, default=str))
             continue
         click.echo(_describe(entry))
-
-
-def _status_report(conn: sa.Connection, layout: Layout, names: list[str]) -> list[dict[str, object]]:
-    """One dict per version: registry fields, partitions (offset, lag, applied), totals, progress."""
-    now = time.time()
-    out: list[dict[str, object]] = []
-    for name in names:
-        for v in versions.list_versions(conn, layout, name):
-            entry: dict[str, object] = {
-                "projection": name,
-                "version": v.version,
-                "state": v.state,
-                "schema": v.schema,
-                "code_version": v.code_version,
-                "created_at": v.created_at,
-                "live_since": v.live_since,
-                "error": v.error,
-            }
-            if v.state in ("live", "standby", "building", "failed"):
-                rows = conn.execute(
-                    sa.text(
-                        "SELECT topic, partition, last_offset, lag, events_applied, halted, error FROM "
-                        f'"{v.schema}".projection_status WHERE projection = :p ORDER BY topic, partition'
-                    ),
-                    {"p": name},
-                ).mappings()
-                partitions = [dict(r) for r in rows]
-                applied = sum(int(p["events_applied"]) for p in partitions)
-                lag = sum(int(p["lag"] or 0) for p in partitions)
-                entry.update(partitions=partitions, events_applied=applied, lag=lag)
-                if v.state == "building":
-                    elapsed = max(1e-3, now - v.created_at.timestamp())
-                    rate = applied / elapsed
-                    entry["progress"] = applied / (applied + lag) if applied + lag else 0.0
-                    entry["events_per_s"] = round(rate, 1)
-                    entry["eta_s"] = round(lag / rate, 1) if rate > 0 else None
-            out.append(entry)
-        if not any(e["projection"] == name for e in out):
-            out.append({"projection": name, "version": None, "state": "not installed"})
-    return out
 
 
 def _describe(entry: dict[str, object]) -> str:

@@ -388,6 +388,8 @@ class SchedulerSettings(BaseSettings):
     def transactional_id(self) -> str:
         """Stable per instance, so a restarted instance fences its predecessor and aborts its open txn."""
         return f"{self.group_id}-{self.instance_id}"
+
+
 class ApiSettings(BaseSettings):
     """The GraphQL/HTTP API: where it listens, how it checks tokens, and its input limits.
 

@@ -24,7 +24,7 @@ from esflow.domain.aggregates import AGGREGATES, Rejection
 from esflow.domain.catalog import commands_of
 from esflow.domain.messages import AggregateType
 from esflow.errors import SchemaError
-from esflow.messaging import result_schema
+from esflow.messaging import deadletters, result_schema
 from esflow.messaging import results as rc
 from esflow.messaging.kafka import partition_for
 from ops.schemas import schemas
@@ -308,7 +308,7 @@ def test_every_result_header_is_documented() -> None:
 
 def test_every_dead_letter_header_is_documented() -> None:
     section = _section("### `DeadLetterReport`", _section(ANSWERS))
-    names = [v for k, v in vars(command_step).items() if k.startswith("DLQ_") and isinstance(v, str)]
+    names = [v for k, v in vars(deadletters).items() if k.startswith("DLQ_") and isinstance(v, str)]
     assert len(names) >= 5
     for name in names:
         assert f"`{name}`" in section, f"dead-letter header {name} is not documented"

@@ -34,11 +34,11 @@ from esflow.domain.transfer import (
 )
 from esflow.domain.values import Address, OrderItem
 from esflow.messaging.codec import HEADER_ID
+from esflow.messaging.deadletters import DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC
 from esflow.messaging.kafka import partition_for
 from esflow.messaging.results import CommandResult, answer_key, is_report_key
 from esflow.settings import KafkaSettings
 from processors.processor import Processor
-from processors.step import DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC
 from tests.integration.processor.kit import (
     CODEC,
     Env,

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 
 import pytest
 
+from esflow.messaging.deadletters import DLQ_REASON
 from esflow.messaging.scheduling import HEADER_KEY, read_schedule, schedule_headers
 from processors.loop import Incoming, Outgoing
 from processors.scheduler import SchedulerStep
-from processors.step import DLQ_REASON
 
 SOURCE, PENDING, DLQ = "scheduled-commands", "scheduled-commands.pending", "commands.dead-letter"
 TARGET = "commands.account"

@@ -13,11 +13,12 @@ from esflow.domain.account import DepositFunds, OpenAccount
 from esflow.domain.messages import CommandEnvelope, CommandMetadata
 from esflow.domain.values import Money
 from esflow.messaging.codec import Codec
+from esflow.messaging.deadletters import DLQ_REASON
 from esflow.messaging.results import HEADER_REPLAYED, CommandResult, DeadLetterReport, answer_key, report_key
 from esflow.settings import ProcessorSettings, TopicSettings
 from processors.loop import FlushingStep, Outgoing
 from processors.state import PartitionCache
-from processors.step import DLQ_REASON, CommandStep, Topics
+from processors.step import CommandStep, Topics
 
 CODEC = Codec.from_settings()
 TOPICS = Topics.from_settings(TopicSettings(), ProcessorSettings(aggregates="account"))
