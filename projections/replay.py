@@ -196,6 +196,14 @@ class Replayer:
 
     # ------------------------------------------------------------------------------------ public
 
+    def behind(self) -> int:
+        """Events left in all partitions after the store's checkpoints (from the high watermarks).
+
+        An upper bound: commit markers and aborted records count too (see the module docstring).
+        """
+        _, report = self._start()
+        return report.total_lag
+
     def run(
         self,
         *,

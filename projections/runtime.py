@@ -1,11 +1,20 @@
-"""The Faust side of a projection: one app (one consumer group) per projection, one agent, batches.
+"""The Faust side of the projections: one app (one consumer group) per worker process, one agent, batches.
 
-``build`` wires a :class:`~esflow.readmodel.projection.Projection` and a decoder into a
+``build`` wires one or more :class:`~esflow.readmodel.projection.Projection` objects (each with its own
+store, the schema of the version it serves) and a decoder into a
 :class:`~projections.transport.ProjectionApp`: a single agent with ``concurrency=1`` (per-partition
-order is the projection's correctness) takes batches with ``take_events`` and hands each, off the
-event loop, to a :class:`~esflow.readmodel.applier.BatchApplier`, which applies it in one Postgres
-transaction with its checkpoints and retries through outages inside the loop: nothing but shutdown
-escapes the loop, because Faust acks and skips a batch whose processing raised.
+order is the projections' correctness) reads every event topic any of them reads and takes batches
+with ``take_events``. Each batch is decoded once (when more than one projection is served), then
+handed, off the event loop, to every projection's :class:`~esflow.readmodel.applier.BatchApplier`
+(the records of the topics it reads), which applies it in one Postgres transaction with that
+projection's checkpoints and retries through outages inside the loop: nothing but shutdown escapes
+the loop, because Faust acks and skips a batch whose processing raised. The projections apply a batch
+in parallel threads; the next batch is fetched meanwhile.
+
+A projection that serves alone is the isolated worker; several in one process are a projector host
+(docs/readmodels.md, "One projector host"): each keeps its own checkpoints, version schema, dead
+letters and halts, and the consumer seeks each partition to the lowest checkpoint of the projections
+reading it, so the ones further ahead skip what they already applied.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import contextlib
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +34,7 @@ import faust.types
 from esflow.messaging.kafka import faust_credentials
 from esflow.messaging.topics import event_topic
 from esflow.readmodel.applier import BatchApplier, Stopping
-from esflow.readmodel.projection import TP, Decoder, Projection, RawEvent
+from esflow.readmodel.projection import TP, Decoded, Decoder, Projection, RawEvent
 from esflow.readmodel.store import ProjectionStore
 from esflow.settings import KafkaSettings, ProjectionSettings, TopicSettings
 from projections.metrics import PrometheusObserver
@@ -33,20 +43,74 @@ from projections.transport import CheckpointSeekingConsumer, ProjectionApp, with
 log = logging.getLogger("esflow.projections")
 
 
+@dataclass(frozen=True)
+class Member:
+    """One projection a worker serves: the projection and the store of the version it serves."""
+
+    projection: Projection[Any]
+    store: ProjectionStore
+
+
 @dataclass
 class Runtime:
-    """A built projection: its Faust app, the agent's applier, the topics it reads, its data directory."""
+    """A built worker: its Faust app, each projection's applier, the topics it reads, its data directory."""
 
     app: ProjectionApp
-    applier: BatchApplier
+    appliers: dict[str, BatchApplier]
+    """Each served projection's applier, by projection name (in the order given to :func:`build`)."""
     topics: tuple[str, ...]
     agent: Any
     datadir: Path
     """Faust's data directory, this process's own."""
 
+    @property
+    def applier(self) -> BatchApplier:
+        """The applier of the first (for an isolated worker: the only) projection."""
+        return next(iter(self.appliers.values()))
+
+    def stop(self) -> None:
+        """Make every applier's waiting retries give up (the worker is shutting down)."""
+        for applier in self.appliers.values():
+            applier.stop()
+
     def remove_datadir(self) -> None:
         """Remove the Faust data directory (once the app has stopped: Faust keeps nothing there we need)."""
         shutil.rmtree(self.datadir, ignore_errors=True)
+
+
+class SharedDecoder:
+    """Decodes each record of a batch once for all the projections that read it.
+
+    :meth:`load` decodes a batch before the projections' appliers run (in parallel threads); each of
+    them then gets the same decoded envelope, or the same decoding error (which it dead-letters or
+    halts on by its own policy). A record not loaded is decoded on the spot.
+    """
+
+    def __init__(self, decoder: Decoder[Any]) -> None:
+        self.decoder = decoder
+        self._done: dict[tuple[str, int, int], Decoded[Any] | Exception] = {}
+
+    def load(self, raws: Sequence[RawEvent]) -> None:
+        """Decode ``raws``, replacing the previous batch (whose appliers have all finished)."""
+        done: dict[tuple[str, int, int], Decoded[Any] | Exception] = {}
+        decode = self.decoder
+        for raw in raws:
+            if raw.value is None:  # a tombstone: prepare() rejects it before decoding
+                continue
+            try:
+                done[(raw.topic, raw.partition, raw.offset)] = decode(raw)
+            except Exception as exc:  # every projection reading it rejects it in prepare()
+                done[(raw.topic, raw.partition, raw.offset)] = exc
+        self._done = done
+
+    def __call__(self, raw: RawEvent) -> Decoded[Any]:
+        """The decoded record (raising its decoding error), from the loaded batch when it is there."""
+        hit = self._done.get((raw.topic, raw.partition, raw.offset))
+        if hit is None:
+            return self.decoder(raw)
+        if isinstance(hit, Exception):
+            raise hit
+        return hit
 
 
 def event_topics(projection: Projection[Any], topics: TopicSettings) -> tuple[str, ...]:
@@ -59,6 +123,19 @@ def version_group(settings: ProjectionSettings, projection: str, version: int) -
     return f"{settings.group_prefix}-{projection}-v{version}"
 
 
+def host_group(settings: ProjectionSettings, served: Mapping[str, int]) -> str:
+    """The consumer group (and Faust app id) of a host serving these projection versions.
+
+    One projection alone is its version's own group (:func:`version_group`). Hosts serving the same
+    versions share a group and split the partitions; a version switch of any of them makes a new group.
+    """
+    if len(served) == 1:
+        ((name, version),) = served.items()
+        return version_group(settings, name, version)
+    members = "-".join(f"{name}-v{version}" for name, version in sorted(served.items()))
+    return f"{settings.group_prefix}-host-{members}"
+
+
 def build(
     projection: Projection[Any],
     decoder: Decoder[Any],
@@ -68,18 +145,50 @@ def build(
     topics: TopicSettings,
     settings: ProjectionSettings,
     group_id: str | None = None,
+    on_behind: Callable[[int], None] | None = None,
 ) -> Runtime:
-    """A Faust app that keeps ``projection`` up to date, exactly once in effect.
+    """A Faust app that keeps ``projection`` up to date in ``store``: the isolated worker.
 
     ``group_id`` (also the Faust app id) defaults to ``<group_prefix>-<name>``; a projection version
     uses :func:`version_group` so each version has its own consumer group.
     """
-    app_id = group_id or f"{settings.group_prefix}-{projection.name}"
+    return build_host(
+        [Member(projection, store)],
+        decoder,
+        kafka=kafka,
+        topics=topics,
+        settings=settings,
+        group_id=group_id,
+        on_behind=on_behind,
+    )
+
+
+def build_host(
+    members: Sequence[Member],
+    decoder: Decoder[Any],
+    *,
+    kafka: KafkaSettings,
+    topics: TopicSettings,
+    settings: ProjectionSettings,
+    group_id: str | None = None,
+    on_behind: Callable[[int], None] | None = None,
+) -> Runtime:
+    """A Faust app that keeps every member's projection up to date, exactly once in effect.
+
+    Each projection's checkpoints commit with its rows, in its own store. ``group_id`` (also the Faust
+    app id) defaults to ``<group_prefix>-<first name>``; hosts use :func:`host_group`. ``on_behind`` is
+    called with the events left after a batch whenever they exceed ``settings.catchup_threshold`` (when
+    that is not 0): the worker then hands the backlog to the bulk catch-up (:mod:`projections.catchup`).
+    """
+    if not members:
+        raise ValueError("a projection worker needs at least one projection")
+    first = members[0].projection.name
+    app_id = group_id or f"{settings.group_prefix}-{first}"
     # Faust wants a data directory even without tables; keep it out of the working directory, and make
     # it this process's own, so removing it on stop cannot pull it from under another worker.
     root = Path(tempfile.gettempdir()) / "esflow-faust"
     root.mkdir(parents=True, exist_ok=True)
-    datadir = Path(tempfile.mkdtemp(prefix=f"{app_id}-", dir=root))
+    datadir = Path(tempfile.mkdtemp(prefix=f"{app_id[:100]}-", dir=root))
     observer = PrometheusObserver()
     brokers = [f"kafka://{server.strip()}" for server in kafka.bootstrap_servers.split(",")]
     app = ProjectionApp(
@@ -108,25 +217,70 @@ def build(
         # stalled stream; the retry loop logs it already.
         stream_processing_timeout=max(300.0, settings.checkpoint_timeout_s),
     )
-    applier = BatchApplier(store, projection, decoder, settings, observer=observer)
+    # One projection decodes inside its applier, as it always did; several share each decoded record.
+    shared = SharedDecoder(decoder) if len(members) > 1 else None
+    reads = {m.projection.name: frozenset(event_topics(m.projection, topics)) for m in members}
+    appliers = {
+        m.projection.name: BatchApplier(m.store, m.projection, shared or decoder, settings, observer=observer)
+        for m in members
+    }
+    stores = {m.projection.name: m.store for m in members}
+
+    def lowest_checkpoints(tps: set[TP]) -> dict[TP, int]:
+        # A partition is read from the lowest checkpoint of the projections reading it (-1: one has
+        # none); the others skip what they already applied (their own checkpoint rows say so).
+        lowest: dict[TP, int] = {}
+        for name, store_ in stores.items():
+            mine = {tp for tp in tps if tp[0] in reads[name]}
+            if not mine:
+                continue
+            done = store_.checkpoints(name, mine)
+            for tp in mine:
+                lowest[tp] = min(lowest.get(tp, done.get(tp, -1)), done.get(tp, -1))
+        return lowest
 
     async def checkpoints(tps: set[TP]) -> dict[TP, int]:
-        return await asyncio.to_thread(store.checkpoints, projection.name, tps)
+        return await asyncio.to_thread(lowest_checkpoints, tps)
 
     app.checkpoint_source = with_timeout(checkpoints, settings.checkpoint_timeout_s)
-    names = event_topics(projection, topics)
+    names = tuple(dict.fromkeys(t for m in members for t in event_topics(m.projection, topics)))
     channel = app.topic(
         *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
     )
 
+    def stop_all() -> None:
+        for applier in appliers.values():
+            applier.stop()
+
+    async def apply_all(raws: list[RawEvent], lag: dict[TP, int]) -> None:
+        """Every projection applies its part of the batch (in parallel threads); Stopping if one stops."""
+        if shared is not None:
+            await asyncio.to_thread(shared.load, raws)
+        jobs = []
+        for name, applier in appliers.items():
+            if len(appliers) == 1:
+                mine, their_lag = raws, lag
+            else:
+                topics_read = reads[name]
+                mine = [r for r in raws if r.topic in topics_read]
+                their_lag = {tp: v for tp, v in lag.items() if tp[0] in topics_read}
+            if mine:
+                jobs.append(asyncio.to_thread(applier.process, mine, lag=their_lag))
+        # All of them finish (commit or give up) before the outcome is judged: a projection's
+        # transaction is never left running behind the next batch.
+        outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
     async def settle(job: asyncio.Future[Any]) -> bool:
-        """Wait for an applied batch; False when the applier gave up because the worker is stopping."""
+        """Wait for an applied batch; False when an applier gave up because the worker is stopping."""
         try:
             await asyncio.shield(job)
         except asyncio.CancelledError:
-            # Shutdown: let the in-flight transaction commit (or give up its retries) before the
+            # Shutdown: let the in-flight transactions commit (or give up their retries) before the
             # worker exits, so the last batch is not left to chance.
-            applier.stop()
+            stop_all()
             with contextlib.suppress(Exception):
                 await job
             raise
@@ -134,10 +288,12 @@ def build(
             return False
         return True
 
+    threshold = settings.catchup_threshold if on_behind is not None else 0
+
     async def project(stream: Any) -> None:
-        # One batch is applied (in a thread) while Faust fills the next. Faust acks a batch as soon as
+        # One batch is applied (in threads) while Faust fills the next. Faust acks a batch as soon as
         # the loop moves on, so Kafka's committed offset may run ahead of Postgres: harmless, because a
-        # restarted worker seeks to the Postgres checkpoint, never to Kafka's offset.
+        # restarted worker seeks to the Postgres checkpoints, never to Kafka's offset.
         pending: asyncio.Future[Any] | None = None
         try:
             async for events in stream.take_events(settings.batch_size, within=settings.batch_window_s):
@@ -155,16 +311,21 @@ def build(
                 lag = _lag(app, raws)
                 if pending is not None and not await settle(pending):
                     return
-                pending = asyncio.ensure_future(asyncio.to_thread(applier.process, raws, lag=lag))
+                pending = asyncio.ensure_future(apply_all(raws, lag))
                 for tp, value in lag.items():
-                    observer.lag(projection.name, tp, value)
+                    for name, topics_read in reads.items():
+                        if tp[0] in topics_read:
+                            observer.lag(name, tp, value)
+                if threshold and on_behind is not None and sum(lag.values()) > threshold:
+                    on_behind(sum(lag.values()))
         finally:
             if pending is not None and not pending.done():
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await settle(pending)
 
-    agent = app.agent(channel, name=f"{projection.name}-projector", concurrency=1)(project)
-    return Runtime(app=app, applier=applier, topics=names, agent=agent, datadir=datadir)
+    agent_name = f"{first}-projector" if len(members) == 1 else "host-projector"
+    agent = app.agent(channel, name=agent_name, concurrency=1)(project)
+    return Runtime(app=app, appliers=appliers, topics=names, agent=agent, datadir=datadir)
 
 
 def _lag(app: ProjectionApp, raws: list[RawEvent]) -> dict[TP, int]:
