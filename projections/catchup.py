@@ -32,7 +32,7 @@ from esflow.errors import ProjectionHalted
 from esflow.messaging.codec import Codec
 from esflow.readmodel.store import ProjectionStore, create_engine
 from esflow.readmodel.versions import Version
-from esflow.settings import Settings
+from esflow.settings import ProjectionSettings, Settings
 from projections import registry
 from projections.replay import Replayer
 from projections.runtime import version_group
@@ -53,13 +53,22 @@ def _catching_up(engine: sa.Engine, key: str) -> Iterator[None]:
             conn.commit()
 
 
+def handover_lag(settings: ProjectionSettings, partitions: int) -> int:
+    """How far behind each of ``partitions`` partitions the catch-up may stop: the live tail does the rest.
+
+    At most a batch per partition, and together at most half the threshold, so a worker that just
+    caught up does not find itself past the threshold again at once.
+    """
+    return min(settings.batch_size, settings.catchup_threshold // (2 * max(1, partitions)))
+
+
 def catch_up(
     served: Sequence[tuple[str, Version]], settings: Settings, stop: threading.Event | None = None
 ) -> dict[str, int]:
     """Replay the backlog of every served projection more than ``catchup_threshold`` events behind.
 
-    Each is replayed until every partition is within ``batch_size`` events of its end (the live tail
-    takes the rest). Returns the events each replay handled, by projection (those not behind are
+    Each is replayed until every partition is within :func:`handover_lag` events of its end (the live
+    tail takes the rest). Returns the events each replay handled, by projection (those not behind are
     absent). Returns early, between or inside replays, once ``stop`` is set.
     """
     ps = settings.projections
@@ -82,18 +91,21 @@ def catch_up(
                 settings=ps,
                 batch_size=ps.rebuild_batch_size,
             )
-            if replayer.behind() <= ps.catchup_threshold:
+            if sum(replayer.behind().values()) <= ps.catchup_threshold:
                 continue
             with _catching_up(engine, f"esflow-catchup:{version.schema}:{name}"):
                 # Another worker may have caught up while this one waited for the lock.
-                behind = replayer.behind()
-                if behind <= ps.catchup_threshold:
+                lags = replayer.behind()
+                if sum(lags.values()) <= ps.catchup_threshold:
                     continue
                 log.warning(
-                    "%s: v%d is about %d events behind: catching up in bulk", name, version.version, behind
+                    "%s: v%d is about %d events behind: catching up in bulk",
+                    name,
+                    version.version,
+                    sum(lags.values()),
                 )
                 try:
-                    report = replayer.run(lag_threshold=ps.batch_size, stop=stop)
+                    report = replayer.run(lag_threshold=handover_lag(ps, len(lags)), stop=stop)
                 except ProjectionHalted as exc:
                     # on_bad_input=halt: the live applier meets the same record and halts that
                     # partition alone, while the others keep going; crashing here would loop.

@@ -196,13 +196,13 @@ class Replayer:
 
     # ------------------------------------------------------------------------------------ public
 
-    def behind(self) -> int:
-        """Events left in all partitions after the store's checkpoints (from the high watermarks).
+    def behind(self) -> dict[TP, int]:
+        """Events left in each partition after the store's checkpoint (from the high watermarks).
 
         An upper bound: commit markers and aborted records count too (see the module docstring).
         """
         _, report = self._start()
-        return report.total_lag
+        return report.lag
 
     def run(
         self,

@@ -177,8 +177,9 @@ def build_host(
 
     Each projection's checkpoints commit with its rows, in its own store. ``group_id`` (also the Faust
     app id) defaults to ``<group_prefix>-<first name>``; hosts use :func:`host_group`. ``on_behind`` is
-    called with the events left after a batch whenever they exceed ``settings.catchup_threshold`` (when
-    that is not 0): the worker then hands the backlog to the bulk catch-up (:mod:`projections.catchup`).
+    called with the events left after a batch when they exceed ``settings.catchup_threshold`` (when that
+    is not 0) after an earlier batch was within it: the worker then hands the backlog to the bulk
+    catch-up (:mod:`projections.catchup`).
     """
     if not members:
         raise ValueError("a projection worker needs at least one projection")
@@ -295,6 +296,7 @@ def build_host(
         # the loop moves on, so Kafka's committed offset may run ahead of Postgres: harmless, because a
         # restarted worker seeks to the Postgres checkpoints, never to Kafka's offset.
         pending: asyncio.Future[Any] | None = None
+        armed = False
         try:
             async for events in stream.take_events(settings.batch_size, within=settings.batch_window_s):
                 raws = [
@@ -316,8 +318,14 @@ def build_host(
                     for name, topics_read in reads.items():
                         if tp[0] in topics_read:
                             observer.lag(name, tp, value)
-                if threshold and on_behind is not None and sum(lag.values()) > threshold:
-                    on_behind(sum(lag.values()))
+                if threshold and on_behind is not None:
+                    left = sum(lag.values())
+                    # Armed once the tail was within the threshold: a worker that starts behind (or is
+                    # still working off what arrived during its catch-up) does not restart in a loop.
+                    if left <= threshold:
+                        armed = True
+                    elif armed:
+                        on_behind(left)
         finally:
             if pending is not None and not pending.done():
                 with contextlib.suppress(Exception, asyncio.CancelledError):
