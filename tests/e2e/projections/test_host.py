@@ -128,3 +128,33 @@ def test_bulk_catch_up_hands_over_exactly_through_sigkills(harness: Harness) -> 
     harness.wait_applied(expected(), timeout=180)
     assert harness.stop("host") == [0], harness.log_text()
     _assert_exact(harness, log, names)
+
+
+def test_a_host_follows_a_version_switch_of_one_of_its_projections(harness: Harness) -> None:
+    names = ["event_log", "account_balances"]
+    log = harness.produce(Workload(seed=41).events(600))
+
+    def expected() -> dict[str, int]:
+        return {name: _count(log, harness, TOPICS_OF[name]) for name in names}
+
+    _, path = _start_host(harness, names)
+    harness.wait_applied(expected(), timeout=120)
+    rebuilt = subprocess.run(
+        [sys.executable, "-m", "esflow", "projection", "rebuild", "account_balances", "--quiet"],
+        env=harness.env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert rebuilt.returncode == 0, rebuilt.stderr + harness.log_text()
+    # The host re-executes itself (same process) on v2 of account_balances, still v1 of event_log.
+    _wait_log(harness, path, "account_balances: v2 is live now")
+    _wait_log(harness, path, "account_balances: serving v2")
+    _wait_log(harness, path, "[^Worker]: Ready", count=2)
+    text = path.read_text(errors="replace")
+    assert text.count("event_log: serving v1") == 2, text[-3000:]
+    log += harness.produce(Workload(seed=42).events(400))
+    harness.wait_applied(expected(), timeout=120)
+    assert harness.stop("host") == [0], harness.log_text()
+    _assert_exact(harness, log, names)
