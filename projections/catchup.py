@@ -91,7 +91,12 @@ def catch_up(
                 settings=ps,
                 batch_size=ps.rebuild_batch_size,
             )
-            if sum(replayer.behind().values()) <= ps.catchup_threshold:
+            try:
+                first_look = sum(replayer.behind().values())
+            except Exception as exc:  # topics missing, Kafka slow: the live tail copes, as it always did
+                log.warning("%s: cannot tell how far behind it is, no bulk catch-up: %s", name, exc)
+                continue
+            if first_look <= ps.catchup_threshold:
                 continue
             with _catching_up(engine, f"esflow-catchup:{version.schema}:{name}"):
                 # Another worker may have caught up while this one waited for the lock.
