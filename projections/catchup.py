@@ -3,8 +3,9 @@
 Faust's per-message pipeline is far slower than the bulk replayer (:mod:`projections.replay`: assign,
 read_committed, batches of ``rebuild_batch_size`` written with COPY, forked per CPU). So a worker that
 starts more than ``catchup_threshold`` events behind (a new installation, a long stop) first replays
-the backlog of each projection it serves into that projection's live (or pinned) version, then
-starts its Faust app; a running worker whose batches show it that far behind re-executes itself into
+the backlog of the projections it serves that are behind, together (each record read and decoded
+once, :class:`~projections.fanout.FanOut`), each into its live (or pinned) version, then starts its
+Faust app; a running worker whose batches show it that far behind re-executes itself into
 the same path (:mod:`projections.worker`).
 
 The handover is exact by construction, not by bookkeeping: the replayer commits each batch's rows
@@ -34,22 +35,28 @@ from esflow.readmodel.store import ProjectionStore, create_engine
 from esflow.readmodel.versions import Version
 from esflow.settings import ProjectionSettings, Settings
 from projections import registry
+from projections.fanout import Member
 from projections.replay import Replayer
-from projections.runtime import version_group
+from projections.runtime import host_group
 
 log = logging.getLogger("esflow.projections")
 
 
 @contextmanager
-def _catching_up(engine: sa.Engine, key: str) -> Iterator[None]:
-    """Hold the advisory lock of ``key`` (waiting for another worker's catch-up to finish)."""
+def _catching_up(engine: sa.Engine, keys: Sequence[str]) -> Iterator[None]:
+    """Hold the advisory locks of ``keys`` (waiting for other workers' catch-ups to finish).
+
+    Taken in sorted order, so two hosts serving overlapping projections cannot deadlock.
+    """
     with engine.connect() as conn:
-        conn.execute(sa.text("SELECT pg_advisory_lock(hashtext(:k))"), {"k": key})
+        for key in sorted(keys):
+            conn.execute(sa.text("SELECT pg_advisory_lock(hashtext(:k))"), {"k": key})
         conn.commit()
         try:
             yield
         finally:
-            conn.execute(sa.text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": key})
+            for key in sorted(keys, reverse=True):
+                conn.execute(sa.text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": key})
             conn.commit()
 
 
@@ -65,65 +72,74 @@ def handover_lag(settings: ProjectionSettings, partitions: int) -> int:
 def catch_up(
     served: Sequence[tuple[str, Version]], settings: Settings, stop: threading.Event | None = None
 ) -> dict[str, int]:
-    """Replay the backlog of every served projection more than ``catchup_threshold`` events behind.
+    """Replay the backlog of the served projections more than ``catchup_threshold`` events behind.
 
-    Each is replayed until every partition is within :func:`handover_lag` events of its end (the live
-    tail takes the rest). Returns the events each replay handled, by projection (those not behind are
-    absent). Returns early, between or inside replays, once ``stop`` is set.
+    They are replayed together (:meth:`Replayer.for_members`: each record read and decoded once, each
+    projection applying its part into its own version) until every partition is within
+    :func:`handover_lag` events of its end; the live tail takes the rest. Returns the events the replay
+    handled, under the replayed projections' names joined by ``+`` (empty when none was behind).
+    Returns early, inside the replay, once ``stop`` is set.
     """
     ps = settings.projections
-    done: dict[str, int] = {}
     if ps.catchup_threshold <= 0:
-        return done
+        return {}
     decoder = registry.EnvelopeDecoder(Codec.from_settings(settings.schemas))
-    for name, version in served:
-        if stop is not None and stop.is_set():
-            break
-        engine = create_engine(settings.postgres, version.schema)
-        try:
-            replayer = Replayer(
-                registry.get(name),
+    version_of = dict(served)
+    engines = {name: create_engine(settings.postgres, version.schema) for name, version in served}
+    try:
+        members = {name: Member(registry.get(name), ProjectionStore(engines[name])) for name in engines}
+
+        def replayer(names: Sequence[str]) -> Replayer:
+            return Replayer.for_members(
+                [members[n] for n in names],
                 decoder,
-                ProjectionStore(engine),
-                kafka=settings.kafka,
                 topics=settings.topics,
-                group_id=version_group(ps, name, version.version),
+                kafka=settings.kafka,
+                group_id=host_group(ps, {n: version_of[n].version for n in names}),
                 settings=ps,
                 batch_size=ps.rebuild_batch_size,
             )
-            try:
-                first_look = sum(replayer.behind().values())
-            except Exception as exc:  # topics missing, Kafka slow: the live tail copes, as it always did
-                log.warning("%s: cannot tell how far behind it is, no bulk catch-up: %s", name, exc)
-                continue
-            if first_look <= ps.catchup_threshold:
-                continue
-            with _catching_up(engine, f"esflow-catchup:{version.schema}:{name}"):
-                # Another worker may have caught up while this one waited for the lock.
-                lags = replayer.behind()
-                if sum(lags.values()) <= ps.catchup_threshold:
-                    continue
-                log.warning(
-                    "%s: v%d is about %d events behind: catching up in bulk",
-                    name,
-                    version.version,
-                    sum(lags.values()),
-                )
+
+        def behind(names: Sequence[str]) -> list[str]:
+            out = []
+            for name in names:
                 try:
-                    report = replayer.run(lag_threshold=handover_lag(ps, len(lags)), stop=stop)
-                except ProjectionHalted as exc:
-                    # on_bad_input=halt: the live applier meets the same record and halts that
-                    # partition alone, while the others keep going; crashing here would loop.
-                    log.error("%s: bulk catch-up halted, the live tail takes over: %s", name, exc)
+                    lag = sum(replayer([name]).behind().values())
+                except Exception as exc:  # topics missing, Kafka slow: the live tail copes, as it did
+                    log.warning("%s: cannot tell how far behind it is, no bulk catch-up: %s", name, exc)
                     continue
-            handled = report.applied + report.skipped + report.dead_lettered
-            done[name] = handled
-            log.warning(
-                "%s: caught up in bulk: %d events at %.0f/s; the live tail starts at the checkpoints",
-                name,
-                handled,
-                report.events_per_s,
-            )
-        finally:
+                if lag > ps.catchup_threshold:
+                    out.append(name)
+            return out
+
+        chosen = behind(list(engines))
+        if not chosen:
+            return {}
+        keys = [f"esflow-catchup:{version_of[n].schema}:{n}" for n in chosen]
+        with _catching_up(engines[chosen[0]], keys):
+            # Another worker may have caught up while this one waited for the locks.
+            chosen = behind(chosen)
+            if not chosen or (stop is not None and stop.is_set()):
+                return {}
+            bulk = replayer(chosen)
+            lags = bulk.behind()
+            log.warning("%s: about %d events behind: catching up in bulk", bulk.name, sum(lags.values()))
+            try:
+                report = bulk.run(lag_threshold=handover_lag(ps, len(lags)), stop=stop)
+            except ProjectionHalted as exc:
+                # on_bad_input=halt: the live applier meets the same record and halts that partition
+                # of that projection alone, while the rest keeps going; crashing here would loop.
+                log.error("%s: bulk catch-up halted, the live tail takes over: %s", bulk.name, exc)
+                return {}
+        handled = report.applied + report.skipped + report.dead_lettered
+        log.warning(
+            "%s: caught up in bulk: %d events at %.0f/s (once per projection applying them); the live "
+            "tail starts at the checkpoints",
+            bulk.name,
+            handled,
+            report.events_per_s,
+        )
+        return {bulk.name: handled}
+    finally:
+        for engine in engines.values():
             engine.dispose()
-    return done

@@ -32,23 +32,16 @@ from typing import Any
 import faust.types
 
 from esflow.messaging.kafka import faust_credentials
-from esflow.messaging.topics import event_topic
 from esflow.readmodel.applier import BatchApplier, Stopping
-from esflow.readmodel.projection import TP, Decoded, Decoder, Projection, RawEvent
+from esflow.readmodel.projection import TP, Decoder, Projection, RawEvent
 from esflow.readmodel.store import ProjectionStore
 from esflow.settings import KafkaSettings, ProjectionSettings, TopicSettings
+from projections.fanout import FanOut, Member
+from projections.fanout import event_topics as event_topics  # where callers have always found it
 from projections.metrics import PrometheusObserver
 from projections.transport import CheckpointSeekingConsumer, ProjectionApp, with_timeout
 
 log = logging.getLogger("esflow.projections")
-
-
-@dataclass(frozen=True)
-class Member:
-    """One projection a worker serves: the projection and the store of the version it serves."""
-
-    projection: Projection[Any]
-    store: ProjectionStore
 
 
 @dataclass
@@ -76,46 +69,6 @@ class Runtime:
     def remove_datadir(self) -> None:
         """Remove the Faust data directory (once the app has stopped: Faust keeps nothing there we need)."""
         shutil.rmtree(self.datadir, ignore_errors=True)
-
-
-class SharedDecoder:
-    """Decodes each record of a batch once for all the projections that read it.
-
-    :meth:`load` decodes a batch before the projections' appliers run (in parallel threads); each of
-    them then gets the same decoded envelope, or the same decoding error (which it dead-letters or
-    halts on by its own policy). A record not loaded is decoded on the spot.
-    """
-
-    def __init__(self, decoder: Decoder[Any]) -> None:
-        self.decoder = decoder
-        self._done: dict[tuple[str, int, int], Decoded[Any] | Exception] = {}
-
-    def load(self, raws: Sequence[RawEvent]) -> None:
-        """Decode ``raws``, replacing the previous batch (whose appliers have all finished)."""
-        done: dict[tuple[str, int, int], Decoded[Any] | Exception] = {}
-        decode = self.decoder
-        for raw in raws:
-            if raw.value is None:  # a tombstone: prepare() rejects it before decoding
-                continue
-            try:
-                done[(raw.topic, raw.partition, raw.offset)] = decode(raw)
-            except Exception as exc:  # every projection reading it rejects it in prepare()
-                done[(raw.topic, raw.partition, raw.offset)] = exc
-        self._done = done
-
-    def __call__(self, raw: RawEvent) -> Decoded[Any]:
-        """The decoded record (raising its decoding error), from the loaded batch when it is there."""
-        hit = self._done.get((raw.topic, raw.partition, raw.offset))
-        if hit is None:
-            return self.decoder(raw)
-        if isinstance(hit, Exception):
-            raise hit
-        return hit
-
-
-def event_topics(projection: Projection[Any], topics: TopicSettings) -> tuple[str, ...]:
-    """The event topics a projection reads, with the configured prefix."""
-    return tuple(event_topic(aggregate, topics) for aggregate in projection.aggregates)
 
 
 def version_group(settings: ProjectionSettings, projection: str, version: int) -> str:
@@ -218,55 +171,28 @@ def build_host(
         # stalled stream; the retry loop logs it already.
         stream_processing_timeout=max(300.0, settings.checkpoint_timeout_s),
     )
-    # One projection decodes inside its applier, as it always did; several share each decoded record.
-    shared = SharedDecoder(decoder) if len(members) > 1 else None
-    reads = {m.projection.name: frozenset(event_topics(m.projection, topics)) for m in members}
-    appliers = {
-        m.projection.name: BatchApplier(m.store, m.projection, shared or decoder, settings, observer=observer)
-        for m in members
-    }
-    stores = {m.projection.name: m.store for m in members}
-
-    def lowest_checkpoints(tps: set[TP]) -> dict[TP, int]:
-        # A partition is read from the lowest checkpoint of the projections reading it (-1: one has
-        # none); the others skip what they already applied (their own checkpoint rows say so).
-        lowest: dict[TP, int] = {}
-        for name, store_ in stores.items():
-            mine = {tp for tp in tps if tp[0] in reads[name]}
-            if not mine:
-                continue
-            done = store_.checkpoints(name, mine)
-            for tp in mine:
-                lowest[tp] = min(lowest.get(tp, done.get(tp, -1)), done.get(tp, -1))
-        return lowest
+    fanout = FanOut(members, decoder, settings, topics, observer=observer)
+    appliers = fanout.appliers
 
     async def checkpoints(tps: set[TP]) -> dict[TP, int]:
-        return await asyncio.to_thread(lowest_checkpoints, tps)
+        # A partition is read from the lowest checkpoint of the projections reading it; the others
+        # skip what they already applied (their own checkpoint rows say so).
+        return await asyncio.to_thread(fanout.lowest_checkpoints, tps)
 
     app.checkpoint_source = with_timeout(checkpoints, settings.checkpoint_timeout_s)
-    names = tuple(dict.fromkeys(t for m in members for t in event_topics(m.projection, topics)))
+    names = fanout.topics
     channel = app.topic(
         *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
     )
 
-    def stop_all() -> None:
-        for applier in appliers.values():
-            applier.stop()
-
     async def apply_all(raws: list[RawEvent], lag: dict[TP, int]) -> None:
         """Every projection applies its part of the batch (in parallel threads); Stopping if one stops."""
-        if shared is not None:
-            await asyncio.to_thread(shared.load, raws)
-        jobs = []
-        for name, applier in appliers.items():
-            if len(appliers) == 1:
-                mine, their_lag = raws, lag
-            else:
-                topics_read = reads[name]
-                mine = [r for r in raws if r.topic in topics_read]
-                their_lag = {tp: v for tp, v in lag.items() if tp[0] in topics_read}
-            if mine:
-                jobs.append(asyncio.to_thread(applier.process, mine, lag=their_lag))
+        if fanout.shared is not None:
+            await asyncio.to_thread(fanout.load, raws)
+        jobs = [
+            asyncio.to_thread(applier.process, mine, lag=their_lag)
+            for applier, mine, their_lag in fanout.shares(raws, lag)
+        ]
         # All of them finish (commit or give up) before the outcome is judged: a projection's
         # transaction is never left running behind the next batch.
         outcomes = await asyncio.gather(*jobs, return_exceptions=True)
@@ -281,7 +207,7 @@ def build_host(
         except asyncio.CancelledError:
             # Shutdown: let the in-flight transactions commit (or give up their retries) before the
             # worker exits, so the last batch is not left to chance.
-            stop_all()
+            fanout.stop()
             with contextlib.suppress(Exception):
                 await job
             raise
@@ -315,7 +241,7 @@ def build_host(
                     return
                 pending = asyncio.ensure_future(apply_all(raws, lag))
                 for tp, value in lag.items():
-                    for name, topics_read in reads.items():
+                    for name, topics_read in fanout.reads.items():
                         if tp[0] in topics_read:
                             observer.lag(name, tp, value)
                 if threshold and on_behind is not None:

@@ -127,7 +127,7 @@ def run(names: str | Sequence[str], settings: Settings, pinned: int | None = Non
     """Serve projection ``names`` (one: the isolated worker; several: a host) until stopped or switched."""
     from esflow.messaging.codec import Codec
     from esflow.readmodel.store import ProjectionStore
-    from projections import catchup, metrics, registry, runtime
+    from projections import catchup, fanout, metrics, registry, runtime
 
     chosen = [names] if isinstance(names, str) else list(dict.fromkeys(names))
     if pinned is not None and len(chosen) != 1:
@@ -149,7 +149,7 @@ def run(names: str | Sequence[str], settings: Settings, pinned: int | None = Non
     where = layout(settings)
     engines = {name: create_engine(settings.postgres, v.schema) for name, v in served.items()}
     base = base_engine(settings)
-    members = [runtime.Member(registry.get(name), ProjectionStore(engines[name])) for name in chosen]
+    members = [fanout.Member(registry.get(name), ProjectionStore(engines[name])) for name in chosen]
     restart: list[str] = []
 
     def behind(events: int) -> None:

@@ -112,7 +112,7 @@ def test_bulk_catch_up_hands_over_exactly_through_sigkills(harness: Harness) -> 
 
     # 2. SIGKILL at the handover: the last projection caught up, the live tail not started yet.
     host, path = _start_host(harness, names)
-    _wait_log(harness, path, "orders: caught up in bulk")
+    _wait_log(harness, path, "event_log+orders: caught up in bulk")  # one replay feeds both
     harness.kill(host)
     assert b"[^Worker]: Ready" not in path.read_bytes(), "the kill came after the live tail started"
 

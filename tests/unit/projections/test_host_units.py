@@ -6,7 +6,7 @@ from typing import Any
 
 from esflow.readmodel.projection import Decoded, RawEvent, Rejected, prepare
 from esflow.settings import ProjectionSettings
-from projections import catchup, registry, runtime
+from projections import catchup, fanout, registry, runtime
 
 
 class CountingDecoder:
@@ -31,7 +31,7 @@ def test_the_shared_decoder_decodes_each_record_once_for_every_projection() -> N
         RawEvent("p.events.order", 1, 0, b"k", b"OrderPaid"),
     ]
     inner = CountingDecoder()
-    shared = runtime.SharedDecoder(inner)
+    shared = fanout.SharedDecoder(inner)
     shared.load(raws)
     assert inner.calls == 3  # the tombstone is rejected before decoding
     first = prepare(registry.get("orders"), shared, raws)
