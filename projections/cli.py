@@ -6,7 +6,9 @@ projection versions.
 ``esflow projector run NAME`` runs one projection's worker in this process (:mod:`projections.worker`:
 the live version, re-executed on a switch), scaled by starting more of them. With several names (or
 none: all of them) it supervises one child process per projection (:mod:`esflow.supervisor`), so each
-can crash and restart alone, and SIGTERM/SIGINT stop them all gracefully.
+can crash and restart alone, and SIGTERM/SIGINT stop them all gracefully. ``--host`` serves the named
+projections (or all) in this one process instead: each event topic fetched and each event decoded
+once for all of them; scaled by starting more hosts of the same projections.
 """
 
 from __future__ import annotations
@@ -141,7 +143,13 @@ def projector_status(as_json: bool) -> None:
     type=int,
     help="Serve this version of the (single) projection instead of following the live one.",
 )
-def projector_run(names: tuple[str, ...], run_migrations: bool, pinned: int | None) -> None:
+@click.option(
+    "--host",
+    "as_host",
+    is_flag=True,
+    help="Serve the projections in this one process (a projector host) instead of one child process each.",
+)
+def projector_run(names: tuple[str, ...], run_migrations: bool, pinned: int | None, as_host: bool) -> None:
     """Run the named projections (all when none is named) until SIGTERM or SIGINT."""
     unknown = [n for n in names if n not in PROJECTIONS]
     if unknown:
@@ -155,8 +163,8 @@ def projector_run(names: tuple[str, ...], run_migrations: bool, pinned: int | No
     chosen = list(dict.fromkeys(names)) or list(PROJECTIONS)
     if pinned is not None and len(chosen) != 1:
         raise click.BadParameter("--version needs exactly one projection name")
-    if len(chosen) == 1:
-        worker.run(chosen[0], settings, pinned)
+    if len(chosen) == 1 or as_host:
+        worker.run(chosen, settings, pinned)
     else:
         sys.exit(_supervise(chosen, settings))
 

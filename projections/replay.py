@@ -43,7 +43,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,8 +56,8 @@ from esflow.readmodel.applier import BatchApplier, Observer, Stopping
 from esflow.readmodel.projection import TP, Decoder, Projection, RawEvent, records_left
 from esflow.readmodel.store import BatchResult, ProjectionStore
 from esflow.settings import KafkaSettings, ProjectionSettings, TopicSettings
+from projections.fanout import FanOut, Member, event_topics
 from projections.replay_processes import Child, run_forked
-from projections.runtime import event_topics
 
 log = logging.getLogger("esflow.projections")
 
@@ -193,8 +193,50 @@ class Replayer:
         """Replay processes; None: one per CPU for a large replay, in-process for a small one."""
         self._used_processes = 0
         """How many the last run used (the bench prints it)."""
+        self._fanout: FanOut | None = None
+        """Several projections fed from this one replay (:meth:`for_members`)."""
+
+    @classmethod
+    def for_members(
+        cls, members: Sequence[Member], decoder: Decoder[Any], *, topics: TopicSettings, **options: Any
+    ) -> Replayer:
+        """One replay feeding several projections (a host's catch-up): each record read and decoded once.
+
+        Each projection applies its part of every batch into its own store, one after another, from the
+        lowest checkpoint of the projections reading each partition; ``options`` are the constructor's.
+        """
+        first = members[0]
+        replayer = cls(first.projection, decoder, first.store, topics=topics, **options)
+        if len(members) > 1:
+            fanout = FanOut(members, decoder, replayer.settings, topics, observer=replayer.observer)
+            replayer._fanout = fanout
+            replayer.topics = fanout.topics
+        return replayer
+
+    @property
+    def name(self) -> str:
+        """The projection's name (the projections', joined by ``+``, for several)."""
+        return self._fanout.name if self._fanout is not None else self.projection.name
+
+    def _applier(self, observer: Observer | None) -> BatchApplier | FanOut:
+        if self._fanout is not None:
+            return self._fanout
+        return BatchApplier(self.store, self.projection, self.decoder, self.settings, observer=observer)
+
+    def _checkpoints(self, tps: list[TP]) -> dict[TP, int]:
+        if self._fanout is not None:
+            return self._fanout.lowest_checkpoints(set(tps))
+        return self.store.checkpoints(self.projection.name, tps)
 
     # ------------------------------------------------------------------------------------ public
+
+    def behind(self) -> dict[TP, int]:
+        """Events left in each partition after the store's checkpoint (from the high watermarks).
+
+        An upper bound: commit markers and aborted records count too (see the module docstring).
+        """
+        _, report = self._start()
+        return report.lag
 
     def run(
         self,
@@ -218,7 +260,7 @@ class Replayer:
         if lag_threshold < 0:
             raise ProjectionError(f"lag_threshold must be >= 0, not {lag_threshold}")
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        name = self.projection.name
+        name = self.name
         parts, report = self._start()
         if targets is not None:
             unknown = sorted(set(targets) - set(parts))
@@ -273,7 +315,7 @@ class Replayer:
 
     def _start(self) -> tuple[dict[TP, _Partition], ReplayProgress]:
         """Every partition with its checkpoint and high watermark (the metadata client is closed again)."""
-        name = self.projection.name
+        name = self.name
         consumer = self._consumer()
         try:
             tps: list[TP] = []
@@ -288,7 +330,7 @@ class Replayer:
                         hint="run `esflow topics apply`",
                     )
                 tps.extend((topic, p) for p in sorted(meta.partitions))
-            done = self.store.checkpoints(name, tps)
+            done = self._checkpoints(tps)
             parts: dict[TP, _Partition] = {}
             for tp in tps:
                 low, high = watermarks(consumer, tp[0], tp[1])
@@ -313,9 +355,7 @@ class Replayer:
         deadline: float | None,
         timed_out: Callable[[], ReplayTimeout],
     ) -> ReplayProgress:
-        applier = BatchApplier(
-            self.store, self.projection, self.decoder, self.settings, observer=self.observer
-        )
+        applier = self._applier(self.observer)
         # Past the deadline, a batch stuck in its retry loop (Postgres down) gives up with Stopping.
         watchdog = None if deadline is None else threading.Timer(deadline - time.monotonic(), applier.stop)
         if watchdog is not None:
@@ -358,10 +398,11 @@ class Replayer:
         # mid-operation.
         def work(child: Child[_Applied]) -> dict[TP, int]:
             # Connections of the parent's pool belong to the parent: never touch them here.
-            self.store.engine.dispose(close=False)
-            applier = BatchApplier(
-                self.store, self.projection, self.decoder, self.settings, observer=child.observer
-            )
+            if self._fanout is not None:
+                self._fanout.dispose_inherited()
+            else:
+                self.store.engine.dispose(close=False)
+            applier = self._applier(child.observer)
             child.on_abort(applier.stop)
             shard = {tp: parts[tp] for tp in shards[child.index]}
             return _Shard(self, shard, applier, goal).run(child.should_stop, child.report)
@@ -374,7 +415,7 @@ class Replayer:
         expired = run_forked(
             len(shards),
             work,
-            projection=self.projection.name,
+            projection=self.name,
             on_batch=batch,
             on_finished=report.lag.update,
             observer=self.observer,
@@ -397,10 +438,14 @@ class _Shard:
     """Reads and applies some partitions, one batch after another (in this process)."""
 
     def __init__(
-        self, replayer: Replayer, parts: dict[TP, _Partition], applier: BatchApplier, goal: _Goal
+        self,
+        replayer: Replayer,
+        parts: dict[TP, _Partition],
+        applier: BatchApplier | FanOut,
+        goal: _Goal,
     ) -> None:
         self.replayer = replayer
-        self.name = replayer.projection.name
+        self.name = replayer.name
         self.parts = parts
         self.applier = applier
         self.batch_size = replayer.batch_size

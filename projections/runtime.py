@@ -1,11 +1,20 @@
-"""The Faust side of a projection: one app (one consumer group) per projection, one agent, batches.
+"""The Faust side of the projections: one app (one consumer group) per worker process, one agent, batches.
 
-``build`` wires a :class:`~esflow.readmodel.projection.Projection` and a decoder into a
+``build`` wires one or more :class:`~esflow.readmodel.projection.Projection` objects (each with its own
+store, the schema of the version it serves) and a decoder into a
 :class:`~projections.transport.ProjectionApp`: a single agent with ``concurrency=1`` (per-partition
-order is the projection's correctness) takes batches with ``take_events`` and hands each, off the
-event loop, to a :class:`~esflow.readmodel.applier.BatchApplier`, which applies it in one Postgres
-transaction with its checkpoints and retries through outages inside the loop: nothing but shutdown
-escapes the loop, because Faust acks and skips a batch whose processing raised.
+order is the projections' correctness) reads every event topic any of them reads and takes batches
+with ``take_events``. Each batch is decoded once (when more than one projection is served), then
+handed, off the event loop, to every projection's :class:`~esflow.readmodel.applier.BatchApplier`
+(the records of the topics it reads), which applies it in one Postgres transaction with that
+projection's checkpoints and retries through outages inside the loop: nothing but shutdown escapes
+the loop, because Faust acks and skips a batch whose processing raised. The projections apply a batch
+in parallel threads; the next batch is fetched meanwhile.
+
+A projection that serves alone is the isolated worker; several in one process are a projector host
+(docs/readmodels.md, "One projector host"): each keeps its own checkpoints, version schema, dead
+letters and halts, and the consumer seeks each partition to the lowest checkpoint of the projections
+reading it, so the ones further ahead skip what they already applied.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import contextlib
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +32,12 @@ from typing import Any
 import faust.types
 
 from esflow.messaging.kafka import faust_credentials
-from esflow.messaging.topics import event_topic
 from esflow.readmodel.applier import BatchApplier, Stopping
 from esflow.readmodel.projection import TP, Decoder, Projection, RawEvent
 from esflow.readmodel.store import ProjectionStore
 from esflow.settings import KafkaSettings, ProjectionSettings, TopicSettings
+from projections.fanout import FanOut, Member
+from projections.fanout import event_topics as event_topics  # where callers have always found it
 from projections.metrics import PrometheusObserver
 from projections.transport import CheckpointSeekingConsumer, ProjectionApp, with_timeout
 
@@ -35,28 +46,47 @@ log = logging.getLogger("esflow.projections")
 
 @dataclass
 class Runtime:
-    """A built projection: its Faust app, the agent's applier, the topics it reads, its data directory."""
+    """A built worker: its Faust app, each projection's applier, the topics it reads, its data directory."""
 
     app: ProjectionApp
-    applier: BatchApplier
+    appliers: dict[str, BatchApplier]
+    """Each served projection's applier, by projection name (in the order given to :func:`build`)."""
     topics: tuple[str, ...]
     agent: Any
     datadir: Path
     """Faust's data directory, this process's own."""
+
+    @property
+    def applier(self) -> BatchApplier:
+        """The applier of the first (for an isolated worker: the only) projection."""
+        return next(iter(self.appliers.values()))
+
+    def stop(self) -> None:
+        """Make every applier's waiting retries give up (the worker is shutting down)."""
+        for applier in self.appliers.values():
+            applier.stop()
 
     def remove_datadir(self) -> None:
         """Remove the Faust data directory (once the app has stopped: Faust keeps nothing there we need)."""
         shutil.rmtree(self.datadir, ignore_errors=True)
 
 
-def event_topics(projection: Projection[Any], topics: TopicSettings) -> tuple[str, ...]:
-    """The event topics a projection reads, with the configured prefix."""
-    return tuple(event_topic(aggregate, topics) for aggregate in projection.aggregates)
-
-
 def version_group(settings: ProjectionSettings, projection: str, version: int) -> str:
     """The consumer group (and Faust app id) of one projection version."""
     return f"{settings.group_prefix}-{projection}-v{version}"
+
+
+def host_group(settings: ProjectionSettings, served: Mapping[str, int]) -> str:
+    """The consumer group (and Faust app id) of a host serving these projection versions.
+
+    One projection alone is its version's own group (:func:`version_group`). Hosts serving the same
+    versions share a group and split the partitions; a version switch of any of them makes a new group.
+    """
+    if len(served) == 1:
+        ((name, version),) = served.items()
+        return version_group(settings, name, version)
+    members = "-".join(f"{name}-v{version}" for name, version in sorted(served.items()))
+    return f"{settings.group_prefix}-host-{members}"
 
 
 def build(
@@ -68,18 +98,51 @@ def build(
     topics: TopicSettings,
     settings: ProjectionSettings,
     group_id: str | None = None,
+    on_behind: Callable[[int], None] | None = None,
 ) -> Runtime:
-    """A Faust app that keeps ``projection`` up to date, exactly once in effect.
+    """A Faust app that keeps ``projection`` up to date in ``store``: the isolated worker.
 
     ``group_id`` (also the Faust app id) defaults to ``<group_prefix>-<name>``; a projection version
     uses :func:`version_group` so each version has its own consumer group.
     """
-    app_id = group_id or f"{settings.group_prefix}-{projection.name}"
+    return build_host(
+        [Member(projection, store)],
+        decoder,
+        kafka=kafka,
+        topics=topics,
+        settings=settings,
+        group_id=group_id,
+        on_behind=on_behind,
+    )
+
+
+def build_host(
+    members: Sequence[Member],
+    decoder: Decoder[Any],
+    *,
+    kafka: KafkaSettings,
+    topics: TopicSettings,
+    settings: ProjectionSettings,
+    group_id: str | None = None,
+    on_behind: Callable[[int], None] | None = None,
+) -> Runtime:
+    """A Faust app that keeps every member's projection up to date, exactly once in effect.
+
+    Each projection's checkpoints commit with its rows, in its own store. ``group_id`` (also the Faust
+    app id) defaults to ``<group_prefix>-<first name>``; hosts use :func:`host_group`. ``on_behind`` is
+    called with the events left after a batch when they exceed ``settings.catchup_threshold`` (when that
+    is not 0) after an earlier batch was within it: the worker then hands the backlog to the bulk
+    catch-up (:mod:`projections.catchup`).
+    """
+    if not members:
+        raise ValueError("a projection worker needs at least one projection")
+    first = members[0].projection.name
+    app_id = group_id or f"{settings.group_prefix}-{first}"
     # Faust wants a data directory even without tables; keep it out of the working directory, and make
     # it this process's own, so removing it on stop cannot pull it from under another worker.
     root = Path(tempfile.gettempdir()) / "esflow-faust"
     root.mkdir(parents=True, exist_ok=True)
-    datadir = Path(tempfile.mkdtemp(prefix=f"{app_id}-", dir=root))
+    datadir = Path(tempfile.mkdtemp(prefix=f"{app_id[:100]}-", dir=root))
     observer = PrometheusObserver()
     brokers = [f"kafka://{server.strip()}" for server in kafka.bootstrap_servers.split(",")]
     app = ProjectionApp(
@@ -108,25 +171,43 @@ def build(
         # stalled stream; the retry loop logs it already.
         stream_processing_timeout=max(300.0, settings.checkpoint_timeout_s),
     )
-    applier = BatchApplier(store, projection, decoder, settings, observer=observer)
+    fanout = FanOut(members, decoder, settings, topics, observer=observer)
+    appliers = fanout.appliers
 
     async def checkpoints(tps: set[TP]) -> dict[TP, int]:
-        return await asyncio.to_thread(store.checkpoints, projection.name, tps)
+        # A partition is read from the lowest checkpoint of the projections reading it; the others
+        # skip what they already applied (their own checkpoint rows say so).
+        return await asyncio.to_thread(fanout.lowest_checkpoints, tps)
 
     app.checkpoint_source = with_timeout(checkpoints, settings.checkpoint_timeout_s)
-    names = event_topics(projection, topics)
+    names = fanout.topics
     channel = app.topic(
         *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
     )
 
+    async def apply_all(raws: list[RawEvent], lag: dict[TP, int]) -> None:
+        """Every projection applies its part of the batch (in parallel threads); Stopping if one stops."""
+        if fanout.shared is not None:
+            await asyncio.to_thread(fanout.load, raws)
+        jobs = [
+            asyncio.to_thread(applier.process, mine, lag=their_lag)
+            for applier, mine, their_lag in fanout.shares(raws, lag)
+        ]
+        # All of them finish (commit or give up) before the outcome is judged: a projection's
+        # transaction is never left running behind the next batch.
+        outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
     async def settle(job: asyncio.Future[Any]) -> bool:
-        """Wait for an applied batch; False when the applier gave up because the worker is stopping."""
+        """Wait for an applied batch; False when an applier gave up because the worker is stopping."""
         try:
             await asyncio.shield(job)
         except asyncio.CancelledError:
-            # Shutdown: let the in-flight transaction commit (or give up its retries) before the
+            # Shutdown: let the in-flight transactions commit (or give up their retries) before the
             # worker exits, so the last batch is not left to chance.
-            applier.stop()
+            fanout.stop()
             with contextlib.suppress(Exception):
                 await job
             raise
@@ -134,11 +215,14 @@ def build(
             return False
         return True
 
+    threshold = settings.catchup_threshold if on_behind is not None else 0
+
     async def project(stream: Any) -> None:
-        # One batch is applied (in a thread) while Faust fills the next. Faust acks a batch as soon as
+        # One batch is applied (in threads) while Faust fills the next. Faust acks a batch as soon as
         # the loop moves on, so Kafka's committed offset may run ahead of Postgres: harmless, because a
-        # restarted worker seeks to the Postgres checkpoint, never to Kafka's offset.
+        # restarted worker seeks to the Postgres checkpoints, never to Kafka's offset.
         pending: asyncio.Future[Any] | None = None
+        armed = False
         try:
             async for events in stream.take_events(settings.batch_size, within=settings.batch_window_s):
                 raws = [
@@ -155,16 +239,27 @@ def build(
                 lag = _lag(app, raws)
                 if pending is not None and not await settle(pending):
                     return
-                pending = asyncio.ensure_future(asyncio.to_thread(applier.process, raws, lag=lag))
+                pending = asyncio.ensure_future(apply_all(raws, lag))
                 for tp, value in lag.items():
-                    observer.lag(projection.name, tp, value)
+                    for name, topics_read in fanout.reads.items():
+                        if tp[0] in topics_read:
+                            observer.lag(name, tp, value)
+                if threshold and on_behind is not None:
+                    left = sum(lag.values())
+                    # Armed once the tail was within the threshold: a worker that starts behind (or is
+                    # still working off what arrived during its catch-up) does not restart in a loop.
+                    if left <= threshold:
+                        armed = True
+                    elif armed:
+                        on_behind(left)
         finally:
             if pending is not None and not pending.done():
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await settle(pending)
 
-    agent = app.agent(channel, name=f"{projection.name}-projector", concurrency=1)(project)
-    return Runtime(app=app, applier=applier, topics=names, agent=agent, datadir=datadir)
+    agent_name = f"{first}-projector" if len(members) == 1 else "host-projector"
+    agent = app.agent(channel, name=agent_name, concurrency=1)(project)
+    return Runtime(app=app, appliers=appliers, topics=names, agent=agent, datadir=datadir)
 
 
 def _lag(app: ProjectionApp, raws: list[RawEvent]) -> dict[TP, int]:

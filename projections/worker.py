@@ -1,10 +1,15 @@
-"""The life cycle of one projection worker (``esflow projector run NAME``).
+"""The life cycle of a projection worker (``esflow projector run NAME``, ``esflow projector run --host``).
 
-A worker serves one version of one projection: the live one, or a pinned one. When the live version
+A worker serves one version of one projection (the live one, or a pinned one), or, as a projector
+host, the live versions of several projections in one Faust app (:func:`projections.runtime.build_host`).
+A worker that starts more than ``catchup_threshold`` events behind first applies the backlog in bulk
+(:mod:`projections.catchup`); one that finds itself that far behind while running re-executes itself
+into that path, as it does on a version switch. When the live version
 was built by older code it refuses to start, or rebuilds first when auto-rebuild is configured. While
 it runs it polls the version registry; when another version goes live (a rebuild's or a rollback's
 switch) it finishes its batch through the normal graceful stop and re-executes itself on the new
-version: same pid, a fresh process image with a new Faust app and consumer group. Its Faust data
+version: same pid, a fresh process image with a new Faust app and consumer group (a host does this
+when any of its projections switches). Its Faust data
 directory (under the temporary directory) is removed whenever it stops normally.
 """
 
@@ -15,6 +20,9 @@ import logging
 import os
 import signal
 import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 import sqlalchemy as sa
@@ -36,6 +44,13 @@ log = logging.getLogger("esflow.projections")
 def command(name: str) -> list[str]:
     """The command line that runs the worker of projection ``name`` (following its live version)."""
     return [sys.executable, "-m", "esflow", "projector", "run", name]
+
+
+def host_command(names: Sequence[str]) -> list[str]:
+    """The command line of a host serving ``names`` in one process (the isolated worker for one name)."""
+    if len(names) == 1:
+        return command(names[0])
+    return [sys.executable, "-m", "esflow", "projector", "run", "--host", *names]
 
 
 def serving(name: str, settings: Settings, pinned: int | None) -> Version:
@@ -108,31 +123,56 @@ def _counting_worker(app: Any, loglevel: str) -> Any:
     return Worker(app, loglevel=loglevel, quiet=True)
 
 
-def run(name: str, settings: Settings, pinned: int | None = None) -> None:
-    """Run projection ``name``'s Faust worker in this process until it is stopped (or switches version)."""
+def run(names: str | Sequence[str], settings: Settings, pinned: int | None = None) -> None:
+    """Serve projection ``names`` (one: the isolated worker; several: a host) until stopped or switched."""
     from esflow.messaging.codec import Codec
     from esflow.readmodel.store import ProjectionStore
-    from projections import metrics, registry, runtime
+    from projections import catchup, fanout, metrics, registry, runtime
 
+    chosen = [names] if isinstance(names, str) else list(dict.fromkeys(names))
+    if pinned is not None and len(chosen) != 1:
+        raise VersionError("a pinned version needs exactly one projection")
     level = os.environ.get("ESFLOW_LOG_LEVEL", "info")
     # Until Faust sets up logging, the worker's own start-up lines (which version it serves) would be lost.
     logging.basicConfig(level=level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     ps = settings.projections
-    served = serving(name, settings, pinned)
+    served = {name: serving(name, settings, pinned) for name in chosen}
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    catchup.catch_up(list(served.items()), settings, stop)
+    # Back to the defaults until Faust installs its handlers: a signal kills a worker still starting.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if stop.is_set():
+        log.warning("stopped during the bulk catch-up; the next start resumes from the checkpoints")
+        return
     where = layout(settings)
-    engine = create_engine(settings.postgres, served.schema)
+    engines = {name: create_engine(settings.postgres, v.schema) for name, v in served.items()}
     base = base_engine(settings)
-    store = ProjectionStore(engine)
-    built = runtime.build(
-        registry.get(name),
+    members = [fanout.Member(registry.get(name), ProjectionStore(engines[name])) for name in chosen]
+    restart: list[str] = []
+
+    def behind(events: int) -> None:
+        # Far behind while running (a burst, a stall): the bulk path works the backlog off faster than
+        # the live tail; re-executing goes through it, and hands over at the checkpoints it reaches.
+        if not restart:
+            log.warning(
+                "%d events behind (more than %d): restarting into the bulk catch-up",
+                events,
+                ps.catchup_threshold,
+            )
+            restart.append("behind")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    built = runtime.build_host(
+        members,
         registry.EnvelopeDecoder(Codec.from_settings(settings.schemas)),
-        store,
         kafka=settings.kafka,
         topics=settings.topics,
         settings=ps,
-        group_id=runtime.version_group(ps, name, served.version),
+        group_id=runtime.host_group(ps, {name: v.version for name, v in served.items()}),
+        on_behind=behind if ps.catchup_threshold > 0 else None,
     )
-    moved: list[int] = []
 
     if pinned is None:
 
@@ -140,26 +180,28 @@ def run(name: str, settings: Settings, pinned: int | None = None) -> None:
         async def follow_live() -> None:
             # Another version went live (a rebuild's or a rollback's switch): finish the batch in flight
             # through the normal graceful stop, then re-execute on the new version.
-            def current() -> Version | None:
+            def current() -> dict[str, Version | None]:
                 with base.connect() as conn:
-                    return versions.live_version(conn, where, name)
+                    return {name: versions.live_version(conn, where, name) for name in chosen}
 
             try:
                 live = await asyncio.to_thread(current)
             except Exception as exc:  # Postgres down: the applier retries; keep serving meanwhile
-                log.warning("%s: cannot read the live version: %s", name, exc)
+                log.warning("%s: cannot read the live version: %s", ", ".join(chosen), exc)
                 return
-            if live is not None and live.version != served.version and not moved:
-                log.warning(
-                    "%s: v%d is live now (this worker served v%d); switching",
-                    name,
-                    live.version,
-                    served.version,
-                )
-                moved.append(live.version)
-                os.kill(os.getpid(), signal.SIGTERM)
+            for name, now in live.items():
+                if now is not None and now.version != served[name].version and not restart:
+                    log.warning(
+                        "%s: v%d is live now (this worker served v%d); switching",
+                        name,
+                        now.version,
+                        served[name].version,
+                    )
+                    restart.append(f"{name} v{now.version}")
+                    os.kill(os.getpid(), signal.SIGTERM)
 
-    log.info("%s: serving v%d (%s)", name, served.version, served.schema)
+    for name, version in served.items():
+        log.info("%s: serving v%d (%s)", name, version.version, version.schema)
     if ps.metrics_port:
         metrics.serve(ps.metrics_port)
     gctune.tune_for_throughput()
@@ -167,14 +209,26 @@ def run(name: str, settings: Settings, pinned: int | None = None) -> None:
     try:
         worker.execute_from_commandline()
     finally:
-        built.applier.stop()
-        engine.dispose()
+        built.stop()
+        for engine in engines.values():
+            engine.dispose()
         base.dispose()
         built.remove_datadir()
-        if moved and worker.stop_signals > 1:
-            # Someone else asked it to stop while it was stopping for the switch: stop, do not re-execute.
-            log.warning("%s: stop requested while switching to v%d; not restarting", name, moved[0])
-        elif moved:
-            # Same pid, fresh process image: a new Faust app and consumer group for the new version.
-            argv = command(name)
+        if restart and worker.stop_signals > 1:
+            # Someone else asked it to stop while it was stopping for the restart: stop, do not re-execute.
+            log.warning("stop requested while restarting (%s); not restarting", restart[0])
+        elif restart:
+            # Same pid, fresh process image: a new Faust app and consumer group for the new version, or
+            # the bulk catch-up first.
+            argv = host_command(chosen)
             os.execv(argv[0], argv)
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    """Until Faust installs its own handlers, SIGTERM/SIGINT end the bulk catch-up after its batch."""
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)

@@ -318,6 +318,12 @@ class ProjectionSettings(BaseSettings):
     version_poll_s: float = Field(
         2.0, gt=0, description="How often a worker checks whether another version went live."
     )
+    catchup_threshold: int = Field(
+        50_000,
+        ge=0,
+        description="A worker that starts (or falls) more than this many events behind applies the backlog "
+        "with the bulk replayer, then hands over to its live tail at the checkpoints it reached; 0: never.",
+    )
 
 
 class ImageSettings(BaseSettings):
