@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CODE_DIRS = ("src", "processors", "producers", "projections", "ops", "tests")
+CODE_DIRS = ("src", "processors", "producers", "projections", "api", "ops", "tests")
 # First components that make a path repository-relative; ``esflow/...`` is short for ``src/esflow/...``.
 REPO_ROOTS = {"src", "esflow", "docs", "schemas", "ops", "processors", "producers", "projections", "tests"}
-PACKAGES = ("esflow", "processors", "producers", "projections", "ops")
+PACKAGES = ("esflow", "processors", "producers", "projections", "api", "ops")
 PATH = re.compile(r"(?<![\w./~<>*{}-])((?:[\w.-]+/)+[\w.<>*{}-]*)")
 ROOT_FILE = re.compile(r"(?<![\w./-])([\w-]+\.(?:md|toml|yml|yaml|cfg|ini)|Makefile|Dockerfile)\b")
 ROLE = re.compile(r":(?:mod|class|func|meth|data|attr|exc|obj):`[~!]?([\w.]+)`")

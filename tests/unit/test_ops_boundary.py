@@ -11,7 +11,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-DEPLOYABLES = ("producers", "processors", "projections")
+DEPLOYABLES = ("producers", "processors", "projections", "api")
 PUBLIC = {
     # Load generation and the reference workload (the command SDK now lives in the library).
     "producers.loadgen",
