@@ -26,7 +26,7 @@ METADATA_KEYS = frozenset(
 )
 
 # The commands that bring an aggregate into existence; they may arrive without an aggregate id.
-CREATION_COMMANDS = frozenset({"RegisterProduct", "PlaceOrder", "OpenAccount"})
+CREATION_COMMANDS = frozenset({"RegisterProduct", "PlaceOrder", "OpenAccount", "RequestTransfer"})
 
 
 def command_spec(type_name: str) -> MessageSpec:

@@ -92,3 +92,14 @@ def test_a_money_with_an_extra_key_names_the_key() -> None:
     with pytest.raises(CommandValidationError) as err:
         from_json("DepositFunds", body)
     assert err.value.problems == ["amount.note: Extra inputs are not permitted"]
+
+
+def test_every_aggregate_type_has_a_creation_command() -> None:
+    # Adding an aggregate (issue 13 added `transfer`) must name its creating command here, or the SDK and
+    # the API demand an aggregate id for a command that has none yet.
+    from esflow.client.commands import CREATION_COMMANDS
+    from esflow.domain.catalog import MESSAGE_TYPES
+    from esflow.domain.messages import AGGREGATE_TYPES
+
+    assert all(MESSAGE_TYPES[name].kind == "command" for name in CREATION_COMMANDS)
+    assert {MESSAGE_TYPES[name].aggregate_type for name in CREATION_COMMANDS} == set(AGGREGATE_TYPES)
