@@ -27,7 +27,8 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.asgi import GraphQL
 
-from api.auth import Authenticator, InvalidToken
+from api.auth import Authenticator, InvalidToken, Role
+from api.console import console_routes
 from api.graphql.context import Context
 from api.graphql.schema import build_schema
 from api.queries import connect_bus
@@ -164,10 +165,25 @@ def create_app(
     extra_routes: Sequence[BaseRoute] = (),
     bus: QueryBus | None = None,
     commands: AsyncCommandClient | None = None,
+    console: bool = True,
 ) -> Starlette:
     """The API application. ``bus``/``commands`` given are used as they are (and not closed)."""
     authenticator = Authenticator(settings.api)
     graphql = GraphQLEndpoint(build_schema(settings.api), authenticator, settings)
+
+    def operators_only(request: Request) -> Response | None:
+        # The console shows dead letters (whatever a producer sent) and the whole pipeline's figures:
+        # operators only, with the same tokens and checks as GraphQL.
+        try:
+            principal = authenticator.authenticate(request.headers.get("authorization"))
+        except InvalidToken as exc:
+            return JSONResponse(_error_body(str(exc), "UNAUTHENTICATED"), status_code=401)
+        if principal.role is Role.ANONYMOUS:
+            refusal = _error_body("an operator token is needed", "UNAUTHENTICATED")
+            return JSONResponse(refusal, status_code=401)
+        if not principal.is_operator:
+            return JSONResponse(_error_body("the console is for operators", "FORBIDDEN"), status_code=403)
+        return None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -215,6 +231,7 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        *(console_routes(settings, gate=operators_only) if console else ()),
         *extra_routes,
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

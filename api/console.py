@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -263,13 +264,20 @@ class Console:
 
     # --------------------------------------------------------------------------------------- routes
 
-    def routes(self) -> list[BaseRoute]:
-        """``/console/`` (the page), ``/console/state`` (JSON) and ``/console/static/...``."""
+    def routes(self, gate: Gate | None = None) -> list[BaseRoute]:
+        """``/console/`` (the page), ``/console/state`` (JSON) and ``/console/static/...``.
+
+        ``gate`` guards the state, the only route with data (the page and its files hold none): it returns
+        the refusal to send, or None to let the caller through.
+        """
 
         async def page(request: Request) -> Response:
             return FileResponse(STATIC / "console.html", headers={"Cache-Control": "no-cache"})
 
         async def state(request: Request) -> Response:
+            refusal = gate(request) if gate is not None else None
+            if refusal is not None:
+                return refusal
             body = await run_in_threadpool(self.state_json)
             return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
 
@@ -290,6 +298,10 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else repr(exc)}"
 
 
-def console_routes(settings: Settings, **options: Any) -> list[BaseRoute]:
+Gate = Callable[[Request], Response | None]
+"""Who may read the console's state: the refusal to send, or None to let the request through."""
+
+
+def console_routes(settings: Settings, *, gate: Gate | None = None, **options: Any) -> list[BaseRoute]:
     """The console's routes for the API app to mount (``options``: :class:`Console`'s keywords)."""
-    return Console(settings, **options).routes()
+    return Console(settings, **options).routes(gate)

@@ -198,13 +198,45 @@ function showFreshness() {
   }
 }
 
+// The state is for operators: the API checks a bearer token on every poll. The token stays in this
+// tab's sessionStorage (gone when the tab closes) and is sent only to this page's own origin.
+const TOKEN_KEY = "esflow-console-token";
+
+function authorization() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+async function askForToken(response) {
+  let why = "";
+  try {
+    why = (await response.json()).errors[0].message;
+  } catch (_) {
+    why = `HTTP ${response.status}`;
+  }
+  $("signin-why").textContent = sessionStorage.getItem(TOKEN_KEY) ? `The token was refused (${why}).` : "";
+  $("signin").hidden = false;
+}
+
+$("signin").addEventListener("submit", (event) => {
+  event.preventDefault();
+  sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
+  $("token").value = "";
+  $("signin").hidden = true;
+  refresh();
+});
+
 async function refresh() {
   if (inFlight) return;
   inFlight = true;
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(), REFRESH_MS * 2);
   try {
-    const response = await fetch("state", { cache: "no-store", signal: controller.signal });
+    const response = await fetch("state", { cache: "no-store", signal: controller.signal, headers: authorization() });
+    if (response.status === 401 || response.status === 403) {
+      await askForToken(response);
+      throw new Error(`HTTP ${response.status}: an operator token is needed`);
+    }
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     draw(await response.json());
     lastAnswerAt = Date.now();
