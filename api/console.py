@@ -13,8 +13,8 @@ JS in ``api/static``, no CDN) and ``/console/state`` (the JSON the page polls). 
   committed record of every processor instance's decisions, so no list of metric endpoints is needed and
   a command answered twice after a rebalance is counted once as accepted and once as replayed.
 - **dead letters**: how many the dead-letter topic holds, and the latest few with their reason.
-- **process instances** by type and status, from the ``process_instances`` bi view once the process
-  managers' read model is installed (``null`` until then: the page says "not running").
+- **process instances** by process and status, from the ``process_instances`` bi view (``null`` where
+  that read model is not installed, a database not migrated since it came: the page says so).
 
 A source that fails (Postgres or Kafka down) leaves its part ``null`` and adds a line to ``problems``;
 the rest still answers. The Kafka tail starts with the first request and stops after
@@ -43,7 +43,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from esflow.messaging.kafka import admin_client
-from esflow.messaging.topics import event_topic
+from esflow.messaging.topics import source_topic
 from esflow.messaging.watch import PipelineWatch, committed_ends
 from esflow.readmodel.status import live_records_left, process_instances_by_status, version_report
 from esflow.readmodel.store import create_engine
@@ -208,7 +208,7 @@ class Console:
                 continue
             read = [(p["topic"], p["partition"]) for p in entry["partitions"]]
             for aggregate in entry["aggregates"]:
-                topic = event_topic(aggregate, self.settings.topics)
+                topic = source_topic(aggregate, self.settings.topics)
                 if topic in metadata.topics:
                     read += [(topic, p) for p in metadata.topics[topic].partitions]
             reads[(entry["projection"], entry["version"])] = read

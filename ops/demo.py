@@ -76,7 +76,7 @@ def _wait_for_projections(settings: Settings, token: ConsistencyToken, timeout_s
     waited: dict[str, float] = {}
     with ProjectionWaiter(settings) as waiter:
         for name, factory in PROJECTIONS.items():
-            wanted = {topics.event_topic(a, settings.topics) for a in factory().aggregates}
+            wanted = {topics.source_topic(a, settings.topics) for a in factory().aggregates}
             part = ConsistencyToken(tuple(x for x in token.positions if x[0] in wanted))
             waited[name] = waiter.wait(part, name, timeout=timeout_s)
     return waited

@@ -83,7 +83,7 @@ def catch_up(
     ps = settings.projections
     if ps.catchup_threshold <= 0:
         return {}
-    decoder = registry.EnvelopeDecoder(Codec.from_settings(settings.schemas))
+    decoder = registry.SourceDecoder(Codec.from_settings(settings.schemas))
     version_of = dict(served)
     engines = {name: create_engine(settings.postgres, version.schema) for name, version in served}
     try:

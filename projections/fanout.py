@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from esflow.messaging.topics import event_topic
+from esflow.messaging.topics import source_topic
 from esflow.readmodel.applier import BatchApplier, Observer
 from esflow.readmodel.projection import TP, Decoded, Decoder, Projection, RawEvent
 from esflow.readmodel.store import BatchResult, ProjectionStore
@@ -22,8 +22,8 @@ from esflow.settings import ProjectionSettings, TopicSettings
 
 
 def event_topics(projection: Projection[Any], topics: TopicSettings) -> tuple[str, ...]:
-    """The event topics a projection reads, with the configured prefix."""
-    return tuple(event_topic(aggregate, topics) for aggregate in projection.aggregates)
+    """The topics a projection reads (its aggregates' event topics, or process state topics), prefixed."""
+    return tuple(source_topic(source, topics) for source in projection.aggregates)
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ class Rebuilder:
         self.settings = settings
         self.projection = projection or registry.get(name)
         self.layout = layout_of(settings)
-        self.decoder = registry.EnvelopeDecoder(Codec.from_settings(settings.schemas))
+        self.decoder = registry.SourceDecoder(Codec.from_settings(settings.schemas))
         self.base = create_engine(settings.postgres, self.layout.base, pool_size=2)
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""Every projection by name with its read model, and the decoder that feeds them from the Avro codec.
+"""Every projection by name with its read model, and the decoder that feeds them (events, process states).
 
 Registering a projection here is the one step besides writing its module: `esflow db migrate`, the
 ``bi`` views, ``docs/bi.md`` (``python -m projections.bidocs``) and the workers all find it here.
@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from esflow.domain.messages import EventEnvelope
 from esflow.errors import MisroutedRecord, UnknownProjection
 from esflow.messaging.codec import Codec
+from esflow.messaging.process_records import InstanceRecord
 from esflow.readmodel import tables
 from esflow.readmodel.contract import PROJECTION_STATUS, View
 from esflow.readmodel.migrations import ReadModelDDL
@@ -25,6 +26,7 @@ from projections.daily_revenue import DailyRevenueProjection
 from projections.event_log import EventLogProjection
 from projections.order_items import OrderItemsProjection
 from projections.orders import OrdersProjection
+from projections.process_instances import RECORD_TYPE, ProcessInstancesProjection
 from projections.product_catalog import ProductCatalogProjection
 
 PROJECTIONS: Mapping[str, Callable[[], Projection[Any]]] = {
@@ -37,6 +39,7 @@ PROJECTIONS: Mapping[str, Callable[[], Projection[Any]]] = {
         AccountBalancesProjection,
         DailyRevenueProjection,
         EventLogProjection,
+        ProcessInstancesProjection,
     )
 }
 """Factories of the reference domain's projections, by name (also their read model's and main view's)."""
@@ -102,3 +105,31 @@ class EnvelopeDecoder:
                 topic=raw.topic, partition=raw.partition, offset=raw.offset,
             )  # fmt: skip
         return Decoded(raw, envelope.event.type_name(), meta.occurred_at, envelope)
+
+
+class SourceDecoder(EnvelopeDecoder):
+    """Decodes every projection source: events, and the instance records of process state topics.
+
+    Events as :class:`EnvelopeDecoder`; the records of ``process.<name>.state`` for
+    ``process_instances``. One decoder for both, because a projector host decodes each record once for
+    all the projections it serves, whatever topic it comes from.
+    """
+
+    def __call__(self, raw: RawEvent) -> Decoded[Any]:
+        """An envelope, or an :class:`InstanceRecord` typed ``ProcessInstance`` from a state topic.
+
+        A state record is applied only where it belongs: on its own process's state topic, keyed by its
+        instance id (what the runtime writes); anything else raises :class:`MisroutedRecord`.
+        """
+        if not raw.topic.endswith(".state"):
+            return super().__call__(raw)
+        record = InstanceRecord.from_bytes(raw.value or b"")
+        if (
+            not raw.topic.endswith(f"process.{record.process}.state")
+            or raw.key != str(record.instance_id).encode()
+        ):
+            raise MisroutedRecord(
+                f"a {record.process} instance record of {record.instance_id} under key {raw.key!r}",
+                topic=raw.topic, partition=raw.partition, offset=raw.offset,
+            )  # fmt: skip
+        return Decoded(raw, RECORD_TYPE, record.updated_at, record)

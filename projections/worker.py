@@ -166,7 +166,7 @@ def run(names: str | Sequence[str], settings: Settings, pinned: int | None = Non
 
     built = runtime.build_host(
         members,
-        registry.EnvelopeDecoder(Codec.from_settings(settings.schemas)),
+        registry.SourceDecoder(Codec.from_settings(settings.schemas)),
         kafka=settings.kafka,
         topics=settings.topics,
         settings=ps,

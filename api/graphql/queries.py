@@ -286,5 +286,34 @@ class Query:
         )  # fmt: skip
         return t.connection(await ask(info, query, consistent_with), t.StatementLine)  # type: ignore[no-any-return]
 
+    @strawberry.field(description="The process-manager instances with this id, one per process (operators).")
+    async def process_instances(
+        self, info: Info, id: UUID, process: str | None = None, consistent_with: ConsistentWith = None
+    ) -> list[t.ProcessInstance]:
+        """A process instance's status (an order's fulfilment: the order id; a transfer: its id)."""
+        require_operator(info)
+        found = await ask(
+            info, build(info, q.ProcessStatus, instance_id=id, process=process), consistent_with
+        )
+        return [t.ProcessInstance.from_pydantic(i) for i in found]
+
+    @strawberry.field(description="Process-manager instances, newest started first (operators).")
+    async def processes(
+        self,
+        info: Info,
+        process: str | None = None,
+        statuses: list[q.ProcessState] | None = None,
+        first: int = 20,
+        after: str | None = None,
+        consistent_with: ConsistentWith = None,
+    ) -> t.Connection[t.ProcessInstance]:
+        """One page of process instances of a process and some statuses."""
+        require_operator(info)
+        query = build(
+            info, q.SearchProcesses, process=process, statuses=tuple(statuses) if statuses else None,
+            first=first, after=after,
+        )  # fmt: skip
+        return t.connection(await ask(info, query, consistent_with), t.ProcessInstance)  # type: ignore[no-any-return]
+
 
 __all__ = ["Granularity", "OrderFilterInput", "Query", "ask", "build"]

@@ -37,6 +37,7 @@ RevenuePeriod = _derive(q.RevenuePeriod, "RevenuePeriod")
 Product = _derive(q.Product, "Product")
 Account = _derive(q.Account, "Account")
 StatementLine = _derive(q.StatementLine, "StatementLine")
+ProcessInstance = _derive(q.ProcessInstance, "ProcessInstance")
 
 
 @strawberry.type(description="Where a page ends: pass endCursor back as `after` for the next page.")
@@ -91,6 +92,7 @@ __all__ = [
     "OrderStatistics",
     "OrderSummary",
     "PageInfo",
+    "ProcessInstance",
     "Product",
     "RevenuePeriod",
     "StatementLine",

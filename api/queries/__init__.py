@@ -8,14 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.queries import accounts, catalogue, orders
+from api.queries import accounts, catalogue, orders, processes
 from api.queries.orders import AmbiguousOrderNumber
 from esflow.query.base import Query
 from esflow.query.bus import Handler, QueryBus
 from esflow.query.queries import QUERIES
 from esflow.settings import Settings
 
-HANDLERS: dict[type[Query[Any]], Handler] = {**orders.HANDLERS, **catalogue.HANDLERS, **accounts.HANDLERS}
+HANDLERS: dict[type[Query[Any]], Handler] = {
+    **orders.HANDLERS,
+    **catalogue.HANDLERS,
+    **accounts.HANDLERS,
+    **processes.HANDLERS,
+}
 """Every query type's handler."""
 
 _missing = set(QUERIES) - set(HANDLERS)

@@ -116,3 +116,21 @@ event_log = sa.table(
     sa.column("payload", JSONB),
 )
 """``bi.event_log``: one row per event (the columns the handlers use)."""
+
+process_instances = sa.table(
+    "process_instances",
+    sa.column("process", sa.Text),
+    _uuid("instance_id"),
+    sa.column("status", sa.Text),
+    sa.column("step", sa.Text),
+    sa.column("reason", sa.Text),
+    _ts("started_at"),
+    _ts("updated_at"),
+    _ts("ended_at"),
+    _ts("deadline"),
+    sa.column("deadline_name", sa.Text),
+    sa.column("pending_commands", sa.Integer),
+    sa.column("attempts", sa.Integer),
+    sa.column("inputs", sa.Integer),
+)
+"""``bi.process_instances``: one row per process-manager instance (the columns the handlers use)."""

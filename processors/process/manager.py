@@ -70,11 +70,11 @@ from esflow.messaging.codec import (
     HEADER_VERSION,
     Codec,
 )
+from esflow.messaging.process_records import HistoryEntry, InstanceRecord, PendingSend, utc
 from esflow.messaging.results import CommandResult, is_report_key
 from esflow.settings import TopicSettings
 from processors.loop import Incoming, Outgoing
 from processors.process.metrics import ProcessMetrics
-from processors.process.records import HistoryEntry, InstanceRecord, PendingSend, utc
 
 log = logging.getLogger("esflow.process")
 

@@ -10,9 +10,9 @@ from confluent_kafka import KafkaException
 
 from esflow.errors import TopicError
 from esflow.messaging.kafka import admin_client, partition_for
+from esflow.messaging.process_records import HistoryEntry, InstanceRecord
 from esflow.messaging.topics import process_state_topic
 from esflow.settings import Settings
-from processors.process.records import HistoryEntry, InstanceRecord
 from processors.process.store import StateTopicLoader
 
 

@@ -32,8 +32,8 @@ from esflow.domain.order import PlaceOrder
 from esflow.domain.product import ReceiveStock, RegisterProduct
 from esflow.domain.transfer import RequestTransfer
 from esflow.domain.values import Address, OrderItem
+from esflow.messaging.process_records import InstanceRecord
 from esflow.settings import KafkaSettings, Settings
-from processors.process.records import InstanceRecord
 from processors.process.timeline import all_instances, find_instance
 from tests.e2e.processor.harness import ESFLOW, ProcessorProcess
 from tests.integration.processor.kit import (

@@ -69,6 +69,27 @@ def process_state_topic(process: str, settings: TopicSettings | None = None) -> 
     return f"{(settings or TopicSettings()).prefix}process.{process}.state"
 
 
+PROCESS_SOURCE = "process:"
+"""Prefix of a projection source that is a process's instance states rather than an aggregate's events."""
+
+
+def process_source(process: str) -> str:
+    """The projection source naming the instance states of one process (``process:order_fulfilment``)."""
+    return f"{PROCESS_SOURCE}{process}"
+
+
+def source_topic(source: str, settings: TopicSettings | None = None) -> str:
+    """The topic a projection source reads.
+
+    A projection's sources (``Projection.aggregates``) are aggregate types, read from their event topics
+    (``order`` -> ``events.order``), or ``process:<name>``, the compacted instance states of a process
+    (``process.<name>.state``): the ``process_instances`` read model's input.
+    """
+    if source.startswith(PROCESS_SOURCE):
+        return process_state_topic(source.removeprefix(PROCESS_SOURCE), settings)
+    return event_topic(source, settings)
+
+
 def process_topics(process: str, settings: TopicSettings | None = None) -> list[TopicSpec]:
     """The inbox and state topics of one process, co-partitioned (same count, same key)."""
     s = settings or TopicSettings()

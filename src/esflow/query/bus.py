@@ -43,7 +43,7 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from esflow.errors import ClientError, ResultTimeout
-from esflow.messaging.topics import event_topic
+from esflow.messaging.topics import source_topic
 from esflow.query.base import Query
 from esflow.query.consistency import ConsistencyToken, lagging
 from esflow.query.sql import fetch
@@ -307,9 +307,9 @@ class QueryBus:
         names = sorted(set(projections))
         rows = await fetch(conn, self._key_sql, {"names": names})
         for row in rows:
-            # Which topics each live version reads (for consistency waits): its aggregates' event topics.
+            # Which topics each live version reads (for consistency waits): its sources' topics.
             self._reads_topics[row["projection"]] = frozenset(
-                event_topic(a, self.topics) for a in row["aggregates"]
+                source_topic(a, self.topics) for a in row["aggregates"]
             )
         return _positions(rows, names)
 

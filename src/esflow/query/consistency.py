@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from esflow.client.preflight import ServiceNotRunning
 from esflow.errors import ClientError, ResultTimeout, translated
 from esflow.messaging.results import CommandResult
-from esflow.messaging.topics import event_topic
+from esflow.messaging.topics import source_topic
 from esflow.readmodel import versions
 from esflow.readmodel.store import create_engine
 from esflow.settings import Settings, load_settings
@@ -114,7 +114,7 @@ class ProjectionWaiter:
             live = cached[1]
             if live is None:
                 return set(), {}
-            topics = {event_topic(a, self.settings.topics) for a in live.aggregates}
+            topics = {source_topic(a, self.settings.topics) for a in live.aggregates}
             return topics, versions.checkpoints(conn, live.schema, projection)
 
     def behind(self, token: ConsistencyToken, projection: str) -> list[tuple[str, int, int, int | None]]:

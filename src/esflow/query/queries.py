@@ -14,8 +14,9 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, Field, field_validator, model_validator
+from pydantic import AfterValidator, AwareDatetime, Field, field_validator, model_validator
 
+from esflow.domain.process.registry import PROCESS_NAMES
 from esflow.domain.values import Frozen
 from esflow.query.base import MAX_PAGE_SIZE, Page, Query
 from esflow.query.numbers import normalise_order_number
@@ -171,6 +172,48 @@ class StatementLine(Frozen):
     currency: str
     balance_after: Decimal
     reference: str | None
+
+
+class ProcessState(StrEnum):
+    """Where a process-manager instance is (:data:`esflow.domain.process.base.Status`)."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    COMPENSATING = "compensating"
+    COMPENSATED = "compensated"
+    FAILED = "failed"
+
+
+class ProcessInstance(Frozen):
+    """One process-manager instance (saga): its status, step, deadline and re-sends."""
+
+    process: str
+    """The process's name (order_fulfilment, funds_transfer)."""
+    instance_id: UUID
+    """The id of the aggregate it is about (the order id, the transfer id)."""
+    status: ProcessState
+    step: str
+    reason: str | None
+    """Why it compensated or failed."""
+    started_at: datetime
+    updated_at: datetime
+    ended_at: datetime | None
+    deadline: datetime | None
+    """The earliest timer it waits for."""
+    deadline_name: str | None
+    pending_commands: int
+    attempts: int
+    """Re-sends so far (retries and answer timeouts)."""
+    inputs: int
+
+
+def _known_process(value: str) -> str:
+    if value not in PROCESS_NAMES:
+        raise ValueError(f"unknown process {value!r}; the processes are: {', '.join(PROCESS_NAMES)}")
+    return value
+
+
+ProcessName = Annotated[str, AfterValidator(_known_process)]
 
 
 # ------------------------------------------------------------------------------------------- filters
@@ -349,6 +392,32 @@ class AccountStatement(Query[Page[StatementLine]]):
     after: Cursor | None = None
 
 
+class ProcessStatus(Query[tuple[ProcessInstance, ...]]):
+    """The process instances with this id (of ``process`` only, when given): at most one per process."""
+
+    reads = ("process_instances",)
+    result = tuple[ProcessInstance, ...]
+    instance_id: UUID
+    process: ProcessName | None = None
+
+
+class SearchProcesses(Query[Page[ProcessInstance]]):
+    """Process instances, newest started first, of one process and of some statuses when given."""
+
+    reads = ("process_instances",)
+    result = Page[ProcessInstance]
+    process: ProcessName | None = None
+    statuses: tuple[ProcessState, ...] = ()
+    first: PageSize = 20
+    after: Cursor | None = None
+
+    @field_validator("statuses")
+    @classmethod
+    def _sorted(cls, value: tuple[ProcessState, ...]) -> tuple[ProcessState, ...]:
+        # One query, one cache entry, whatever the order the statuses were named in.
+        return tuple(sorted(set(value)))
+
+
 QUERIES: tuple[type[Query[Any]], ...] = (
     OrderById,
     OrderByNumber,
@@ -362,5 +431,7 @@ QUERIES: tuple[type[Query[Any]], ...] = (
     AccountBalance,
     AccountsOfOwner,
     AccountStatement,
+    ProcessStatus,
+    SearchProcesses,
 )
 """Every query type of the reference domain (the API registers one handler for each)."""

@@ -41,6 +41,8 @@ class Api:
     tokens: TokenMaker
     key_dir: Path
     log: Path
+    env: dict[str, str]
+    """The environment of the pipeline's processes (to start more of them: a process manager, say)."""
 
     def post(self, query: str, variables: dict[str, Any] | None = None, token: str | None = None,
              **kwargs: Any) -> httpx.Response:  # fmt: skip
@@ -131,7 +133,7 @@ def api(services: Services, admin: AdminClient, tmp_path_factory: pytest.TempPat
             ready, timeout=120, interval=0.5, what="the API to be ready (processor assigned)",
             details=lambda: "\n".join(f"--- {n}\n{p.read_text()[-1500:]}" for n, p in logs.items()),
         )  # fmt: skip
-        yield Api(url=url, tokens=TokenMaker(key), key_dir=tmp, log=logs["api"])
+        yield Api(url=url, tokens=TokenMaker(key), key_dir=tmp, log=logs["api"], env=env)
     finally:
         for proc in reversed(procs):
             _stop(proc)

@@ -14,13 +14,18 @@ import orjson
 import sqlalchemy as sa
 
 from esflow.domain.messages import EventEnvelope
+from esflow.messaging.process_records import InstanceRecord
 
 Tables = dict[str, dict[Any, dict[str, Any]]]
 ZERO = Decimal("0.00")
 
 
-def fold(log: Sequence[tuple[str, int, int, EventEnvelope]]) -> Tables:
-    """Expected rows per table from (topic, partition, offset, envelope) in log order per partition."""
+def fold(log: Sequence[tuple[str, int, int, EventEnvelope | InstanceRecord]]) -> Tables:
+    """Expected rows per table from (topic, partition, offset, envelope) in log order per partition.
+
+    Process instance records (from the process state topics) fold into ``process_instances``, which is
+    in the result only when the log has some.
+    """
     orders: dict[Any, dict[str, Any]] = {}
     items: dict[Any, dict[str, Any]] = {}
     owner: dict[Any, Any] = {}
@@ -29,7 +34,11 @@ def fold(log: Sequence[tuple[str, int, int, EventEnvelope]]) -> Tables:
     accounts: dict[Any, dict[str, Any]] = {}
     revenue: dict[Any, dict[str, Any]] = {}
     event_log: dict[Any, dict[str, Any]] = {}
+    instances: dict[Any, dict[str, Any]] = {}
     for topic, partition, offset, env in log:
+        if isinstance(env, InstanceRecord):
+            instances[(env.process, env.instance_id)] = _instance(env)
+            continue
         m = env.metadata
         e = env.event
         name = e.type_name()
@@ -170,7 +179,7 @@ def fold(log: Sequence[tuple[str, int, int, EventEnvelope]]) -> Tables:
         o["lines"] = {str(pid): {"quantity": q, "unit_price": str(p)} for pid, (q, p) in lines.items()}
     for r in revenue.values():
         r["net"] = r["gross"] - r["refunds"]
-    return {
+    tables: Tables = {
         "orders": orders,
         "order_items": items,
         "customer_order_stats": stats,
@@ -178,6 +187,28 @@ def fold(log: Sequence[tuple[str, int, int, EventEnvelope]]) -> Tables:
         "account_balances": accounts,
         "daily_revenue": revenue,
         "event_log": event_log,
+    }
+    if instances:
+        tables["process_instances"] = instances
+    return tables
+
+
+def _instance(record: InstanceRecord) -> dict[str, Any]:
+    """The latest record of an instance, as its row: the earliest timer is its deadline."""
+    timers = sorted(record.timers.items(), key=lambda kv: kv[1])
+    return {
+        "status": record.status,
+        "step": record.step,
+        "reason": record.reason,
+        "started_at": record.started_at,
+        "updated_at": record.updated_at,
+        "ended_at": record.ended_at,
+        "deadline": timers[0][1] if timers else None,
+        "deadline_name": timers[0][0] if timers else None,
+        "pending_commands": len(record.sends),
+        "attempts": record.attempts,
+        "inputs": record.inputs,
+        "state": orjson.loads(orjson.dumps(record.state, default=str)),
     }
 
 
@@ -205,6 +236,7 @@ KEYS = {
     "account_balances": ("account_id",),
     "daily_revenue": ("day", "currency"),
     "event_log": ("topic", "partition", "offset"),
+    "process_instances": ("process", "instance_id"),
 }
 
 

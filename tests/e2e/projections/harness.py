@@ -27,7 +27,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from esflow.domain.messages import AGGREGATE_TYPES, EventEnvelope
 from esflow.messaging.codec import Codec
 from esflow.messaging.kafka import consumer_config, producer_config, transactional_producer_config
-from esflow.messaging.topics import event_topic, wait_until_visible
+from esflow.messaging.process_records import InstanceRecord
+from esflow.messaging.topics import PROCESSES, event_topic, process_state_topic, wait_until_visible
 from esflow.readmodel import versions
 from esflow.readmodel.store import create_engine
 from esflow.settings import KafkaSettings, PostgresSettings, ProjectionSettings, TopicSettings
@@ -37,6 +38,14 @@ from tests.support.wait import eventually
 
 AGGREGATES = AGGREGATE_TYPES
 LogEntry = tuple[str, int, int, EventEnvelope]
+InstanceEntry = tuple[str, int, int, InstanceRecord]
+"""A process instance record where it landed on its process's state topic."""
+Entry = LogEntry | InstanceEntry
+
+
+def _config(topic: str) -> dict[str, str]:
+    # Process state topics are compacted, as the catalogue makes them.
+    return {"cleanup.policy": "compact"} if topic.endswith(".state") else {}
 
 
 @dataclass
@@ -71,11 +80,22 @@ class Harness:
         """The (prefixed) event topic of an aggregate."""
         return event_topic(aggregate, self.topics)
 
+    @property
+    def source_topics(self) -> list[str]:
+        """Every topic a projection reads: the event topics and the process state topics."""
+        return [
+            *(self.topic(a) for a in AGGREGATES),
+            *(process_state_topic(p, self.topics) for p in PROCESSES),
+        ]
+
     def setup(self) -> None:
-        """Create the event topics and migrate the schema."""
-        names = [self.topic(a) for a in AGGREGATES]
+        """Create the topics the projections read and migrate the schema."""
+        names = self.source_topics
         futures = self.admin.create_topics(
-            [NewTopic(n, num_partitions=self.partitions, replication_factor=1) for n in names]
+            [
+                NewTopic(n, num_partitions=self.partitions, replication_factor=1, config=_config(n))
+                for n in names
+            ]
         )
         for fut in futures.values():
             fut.result(timeout=30)
@@ -122,9 +142,7 @@ class Harness:
         self.engine.dispose()
         for engine in self._engines.values():
             engine.dispose()
-        for fut in self.admin.delete_topics(
-            [self.topic(a) for a in AGGREGATES], operation_timeout=30
-        ).values():
+        for fut in self.admin.delete_topics(self.source_topics, operation_timeout=30).values():
             with contextlib.suppress(Exception):
                 fut.result(timeout=30)
 
@@ -168,6 +186,39 @@ class Harness:
         if abort:
             producer.abort_transaction(30)
         elif transaction:
+            producer.commit_transaction(30)
+        return out
+
+    def produce_instances(
+        self, records: Iterable[InstanceRecord], *, transaction: bool = True
+    ) -> list[InstanceEntry]:
+        """Publish process instance records to their state topics, keyed by instance id (in one
+        transaction by default, as the process runtime writes them); return positions."""
+        config = (
+            transactional_producer_config(self.kafka, f"txn-{uuid.uuid4().hex[:8]}")
+            if transaction
+            else producer_config(self.kafka)
+        )
+        producer = Producer(config)
+        out: list[InstanceEntry] = []
+
+        def delivered(record: InstanceRecord) -> Callable[[Any, Any], None]:
+            def callback(err: Any, msg: Any) -> None:
+                assert err is None, err
+                out.append((msg.topic(), msg.partition(), msg.offset(), record))
+
+            return callback
+
+        if transaction:
+            producer.init_transactions(30)
+            producer.begin_transaction()
+        for record in records:
+            topic = process_state_topic(record.process, self.topics)
+            key = str(record.instance_id).encode()
+            producer.produce(topic, key=key, value=record.to_bytes(), on_delivery=delivered(record))
+            producer.poll(0)
+        producer.flush(60)
+        if transaction:
             producer.commit_transaction(30)
         return out
 

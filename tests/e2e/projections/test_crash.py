@@ -1,7 +1,8 @@
 """Crash test: SIGKILL workers at random moments and restart Postgres while events stream in.
 
-Afterwards every read model must equal a fold of the full event log computed here, independently of
-projections/ (exact equality of every row), and event_log must hold each event exactly once.
+Afterwards every read model must equal a fold of the full event log (and of the process instance
+records streamed to the process state topics beside it) computed here, independently of projections/
+(exact equality of every row), and event_log must hold each event exactly once.
 
 Events: ``ESFLOW_CRASH_EVENTS`` (default 20,000; ``ESFLOW_FULL_CRASH=1`` runs the acceptance figure,
 100,000). Two workers run for ``orders`` and ``event_log`` (they split the partitions, and a kill makes
@@ -20,7 +21,8 @@ import sqlalchemy as sa
 from ops.bench.projection_workload import Workload
 from projections.registry import PROJECTIONS
 from tests.e2e.projections.expected import comparable, fold, read_tables
-from tests.e2e.projections.harness import Harness, LogEntry
+from tests.e2e.projections.harness import Entry, Harness, InstanceEntry, LogEntry
+from tests.support.instances import instance_records
 from tests.e2e.projections.test_read_models import TOPICS_OF, _count
 from tests.support.services import Services
 
@@ -41,7 +43,7 @@ def test_read_models_stay_exact_through_kills_and_a_postgres_restart(
     rng = random.Random(seed)
     # Every heavy projection is killed at least once (a scaled one loses one of its two workers), in a
     # random order at random moments; the rest of the kills pick any projection.
-    targets = ["event_log", "orders", "order_items", "customer_order_stats"]
+    targets = ["event_log", "orders", "order_items", "customer_order_stats", "process_instances"]
     targets += rng.choices(list(PROJECTIONS), k=KILLS - len(targets))
     rng.shuffle(targets)
     events = Workload(seed=77).events(EVENTS)
@@ -52,14 +54,18 @@ def test_read_models_stay_exact_through_kills_and_a_postgres_restart(
         harness.start(name)
 
     log: list[LogEntry] = []
+    states: list[InstanceEntry] = []
+    records = instance_records(seed=78, instances=600)
     chunks = 40
     step = -(-len(events) // chunks)
+    record_step = -(-len(records) // chunks)
     produced = threading.Event()
 
     def stream() -> None:
         # Spread over ~20 s so kills land while batches are in flight.
-        for i in range(0, len(events), step):
+        for chunk, i in enumerate(range(0, len(events), step)):
             log.extend(harness.produce(events[i : i + step]))
+            states.extend(harness.produce_instances(records[chunk * record_step : (chunk + 1) * record_step]))
             time.sleep(0.5)
         produced.set()
 
@@ -85,13 +91,14 @@ def test_read_models_stay_exact_through_kills_and_a_postgres_restart(
             harness.start(name)
     finally:
         producer.join()
-    assert len(log) == EVENTS
+    assert len(log) == EVENTS and len(states) == len(records)
 
-    harness.wait_applied({n: _count(log, harness, TOPICS_OF[n]) for n in PROJECTIONS}, timeout=300)
+    entries: list[Entry] = [*log, *states]
+    harness.wait_applied({n: _count(entries, harness, TOPICS_OF[n]) for n in PROJECTIONS}, timeout=300)
     for name in PROJECTIONS:
         harness.stop(name)
 
-    expected = fold(sorted(log, key=lambda e: (e[0], e[1], e[2])))
+    expected = fold(sorted(entries, key=lambda e: (e[0], e[1], e[2])))
     actual, expected = comparable(read_tables(harness.engine, harness.bi), expected)
     for name in expected:
         assert actual[name].keys() == expected[name].keys(), f"{name}: rows missing or extra (kills: {kills})"

@@ -11,10 +11,12 @@ from datetime import datetime
 import pytest
 import sqlalchemy as sa
 
+from esflow.messaging.topics import PROCESSES, process_source, source_topic
 from ops.bench.projection_workload import Workload
 from projections.registry import PROJECTIONS
 from tests.e2e.projections.expected import comparable, fold, read_tables
-from tests.e2e.projections.harness import AGGREGATES, Harness, LogEntry
+from tests.e2e.projections.harness import AGGREGATES, Entry, Harness
+from tests.support.instances import instance_records
 
 TOPICS_OF = {
     "orders": ("order",),
@@ -24,21 +26,26 @@ TOPICS_OF = {
     "product_catalog": ("product",),
     "account_balances": ("account",),
     "event_log": AGGREGATES,
+    "process_instances": tuple(process_source(p) for p in PROCESSES),
 }
+"""The sources each projection reads (an aggregate's events, or a process's instance states)."""
 
 
-def _count(log: Sequence[LogEntry], harness: Harness, aggregates: tuple[str, ...]) -> int:
-    topics = {harness.topic(a) for a in aggregates}
+def _count(log: Sequence[Entry], harness: Harness, sources: tuple[str, ...]) -> int:
+    topics = {source_topic(s, harness.topics) for s in sources}
     return sum(1 for topic, *_ in log if topic in topics)
 
 
 def test_every_read_model_equals_the_fold_of_the_log(harness: Harness) -> None:
     assert set(TOPICS_OF) == set(PROJECTIONS)
-    log = harness.produce(Workload(seed=11).events(3000))
+    records = instance_records(seed=13, instances=400)
+    log: list[Entry] = [*harness.produce(Workload(seed=11).events(3000))]
+    log += harness.produce_instances(records[:900])
     for name in PROJECTIONS:
         harness.start(name)
     # More events while the workers run: the first batch was a backlog, this one is a live stream.
     log += harness.produce(Workload(seed=12).events(1000))
+    log += harness.produce_instances(records[900:], transaction=False)
     harness.wait_applied({name: _count(log, harness, TOPICS_OF[name]) for name in PROJECTIONS}, timeout=180)
     codes = {name: harness.stop(name) for name in list(PROJECTIONS)}
     assert all(c == [0] for c in codes.values()), f"graceful stop failed: {codes}\n{harness.log_text()}"

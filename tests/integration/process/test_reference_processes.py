@@ -17,8 +17,8 @@ from esflow.domain.order import PlaceOrder
 from esflow.domain.product import ReceiveStock, RegisterProduct
 from esflow.domain.transfer import RequestTransfer
 from esflow.domain.values import Address, OrderItem
+from esflow.messaging.process_records import InstanceRecord
 from esflow.settings import KafkaSettings, Settings
-from processors.process.records import InstanceRecord
 from processors.process.timeline import find_instance
 from processors.processor import Processor
 from tests.integration.processor.kit import (

@@ -27,9 +27,9 @@ from confluent_kafka.admin import AdminClient
 from esflow.domain.order import PlaceOrder
 from esflow.domain.process import command_id
 from esflow.domain.values import Address, OrderItem
+from esflow.messaging.process_records import InstanceRecord
 from esflow.messaging.topics import apply, process_topics
 from esflow.settings import KafkaSettings, Settings
-from processors.process.records import InstanceRecord
 from processors.process.timeline import find_instance, render
 from processors.processor import Processor
 from tests.integration.processor.kit import (

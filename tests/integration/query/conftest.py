@@ -17,7 +17,8 @@ import sqlalchemy as sa
 from api.queries import HANDLERS
 from esflow.domain.messages import EventEnvelope
 from esflow.messaging.codec import Codec
-from esflow.messaging.topics import event_topic
+from esflow.messaging.process_records import InstanceRecord
+from esflow.messaging.topics import event_topic, process_state_topic, source_topic
 from esflow.query.bus import QueryBus
 from esflow.query.consistency import ConsistencyToken
 from esflow.readmodel import versions
@@ -27,11 +28,11 @@ from esflow.readmodel.store import ProjectionStore, create_engine
 from esflow.settings import PostgresSettings, ProjectionSettings, Settings
 from ops.bench.projection_workload import Workload
 from projections import registry
-from projections.registry import EnvelopeDecoder
+from projections.registry import SourceDecoder
 
 CODEC = Codec.from_settings()
 PARTITIONS = 3
-SERVED = ("orders", "daily_revenue", "product_catalog", "account_balances", "event_log")
+SERVED = ("orders", "daily_revenue", "product_catalog", "account_balances", "event_log", "process_instances")
 """The projections the queries read."""
 
 
@@ -55,7 +56,7 @@ class ReadModels:
                 self.appliers[p.name] = BatchApplier(
                     ProjectionStore(engine),
                     p,
-                    EnvelopeDecoder(CODEC),
+                    SourceDecoder(CODEC),
                     ProjectionSettings(retry_initial_s=0.01),
                 )
         self.offsets: dict[tuple[str, int], int] = {}
@@ -73,11 +74,27 @@ class ReadModels:
             raws.append(RawEvent(tp[0], tp[1], offset, CODEC.key(env), CODEC.encode(env)))
         return raws
 
+    def feed_instances(self, records: Sequence[InstanceRecord]) -> None:
+        """Apply process instance records as the state topics hold them (keyed by instance id)."""
+        raws = []
+        for record in records:
+            tp = (
+                process_state_topic(record.process, self.settings.topics),
+                record.instance_id.int % PARTITIONS,
+            )
+            offset = self.offsets.get(tp, -1) + 1
+            self.offsets[tp] = offset
+            raws.append(RawEvent(tp[0], tp[1], offset, str(record.instance_id).encode(), record.to_bytes()))
+        result = self.appliers["process_instances"].process(raws)
+        assert not result.halted and not result.dead_lettered, result
+
     def feed(self, envelopes: Sequence[EventEnvelope]) -> ConsistencyToken:
         """Apply a batch to every projection (one transaction each); the token of what it wrote."""
         raws = self.frame(envelopes)
         for applier in self.appliers.values():
-            result = applier.process(raws)
+            # Each projection gets the records of the topics it reads, as its worker's subscription does.
+            reads = {source_topic(s, self.settings.topics) for s in applier.projection.aggregates}
+            result = applier.process([r for r in raws if r.topic in reads])
             assert not result.halted, result.halted
         self.applied.extend(envelopes)
         best: dict[tuple[str, int], int] = {}

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from esflow.domain.account import FundsDeposited, FundsWithdrawn
-from esflow.query.base import BadCursor, Page, Query
+from esflow.query.base import BadCursor, Page, Query, encode_cursor
 from esflow.query.numbers import order_number
 from esflow.query.queries import (
     AccountBalance,
@@ -32,12 +32,16 @@ from esflow.query.queries import (
     OrdersOfCustomer,
     OrderStatisticsQuery,
     OrderStatus,
+    ProcessState,
+    ProcessStatus,
     ProductById,
     ProductCatalogue,
     RevenueReport,
     SearchOrders,
+    SearchProcesses,
 )
 from tests.integration.query.conftest import ReadModels
+from tests.support.instances import instance_records
 
 pytestmark = pytest.mark.integration
 
@@ -312,3 +316,49 @@ def test_account_balance_and_statement(filled: ReadModels) -> None:
     assert [line.balance_after for line in window.items] == [
         line.balance_after for line in lines if line.occurred_at < middle.occurred_at
     ]
+
+
+def test_process_status_and_the_instances_newest_first(read_models: ReadModels) -> None:
+    records = instance_records(seed=5, instances=150)
+    for i in range(0, len(records), 200):  # several batches: later records overwrite earlier rows
+        read_models.feed_instances(records[i : i + 200])
+    latest = {(r.process, r.instance_id): r for r in records}
+    some = list(latest.values())[::7]
+
+    found = ask_all(read_models, [ProcessStatus(instance_id=r.instance_id) for r in some])
+    for record, answer in zip(some, found, strict=True):
+        (instance,) = answer
+        assert (instance.process, instance.instance_id) == (record.process, record.instance_id)
+        assert (instance.status.value, instance.step, instance.reason) == (
+            record.status,
+            record.step,
+            record.reason,
+        )
+        assert (instance.attempts, instance.inputs, instance.pending_commands) == (
+            record.attempts, record.inputs, len(record.sends),
+        )  # fmt: skip
+        assert instance.deadline == (min(record.timers.values()) if record.timers else None)
+    other = "funds_transfer" if some[0].process == "order_fulfilment" else "order_fulfilment"
+    assert ask_all(read_models, [ProcessStatus(instance_id=some[0].instance_id, process=other)]) == [()]
+
+    def order(r: Any) -> tuple[Any, ...]:
+        return (r.started_at, r.process, r.instance_id)
+
+    everything = walk(read_models, lambda first, after: SearchProcesses(first=first, after=after), 17)
+    assert [order(i) for i in everything] == sorted((order(r) for r in latest.values()), reverse=True)
+    wanted = (ProcessState.COMPENSATED, ProcessState.FAILED)
+    ended = walk(
+        read_models,
+        lambda first, after: SearchProcesses(
+            process="order_fulfilment", statuses=wanted, first=first, after=after
+        ),
+        5,
+    )
+    expected = [
+        order(r)
+        for r in latest.values()
+        if r.process == "order_fulfilment" and r.status in ("compensated", "failed")
+    ]
+    assert expected and [order(i) for i in ended] == sorted(expected, reverse=True)
+    with pytest.raises(BadCursor):
+        ask_all(read_models, [SearchProcesses(after=encode_cursor("not a time", "x", "y"))])

@@ -17,11 +17,11 @@ from esflow.domain.order import OrderPaid, OrderPlaced
 from esflow.domain.process import command_id
 from esflow.domain.values import Address, Money, OrderItem
 from esflow.messaging.codec import Codec
+from esflow.messaging.process_records import InstanceRecord
 from esflow.messaging.results import CommandResult, answer_key, report_key
 from esflow.settings import TopicSettings
 from processors.loop import Outgoing
 from processors.process.manager import ProcessStep, ProcessTopics
-from processors.process.records import InstanceRecord
 from tests.unit.process.toy import ChargeOrder
 
 T0 = 1_800_000_000.0

@@ -5,6 +5,9 @@ same Kafka transaction as the commands the instance sends and the offsets of the
 holds the definition's own state and everything the runtime owes it: durable timers, the commands still
 waiting for an answer (with attempt, retry time and the command itself, so a re-send after a restart
 needs nothing else) and a short history of what came in and went out (``esflow process show``).
+
+It lives in the library, not in the runtime's deployable, because two deployables read the state topic:
+the process runtime (its restore) and the ``process_instances`` projection.
 """
 
 from __future__ import annotations
