@@ -22,8 +22,8 @@ from ops.bench.projection_workload import Workload
 from projections.registry import PROJECTIONS
 from tests.e2e.projections.expected import comparable, fold, read_tables
 from tests.e2e.projections.harness import Entry, Harness, InstanceEntry, LogEntry
-from tests.support.instances import instance_records
 from tests.e2e.projections.test_read_models import TOPICS_OF, _count
+from tests.support.instances import instance_records
 from tests.support.services import Services
 
 EVENTS = (

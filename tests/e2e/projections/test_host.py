@@ -19,8 +19,8 @@ from ops.bench.projection_workload import Workload
 from projections.registry import PROJECTIONS
 from tests.e2e.projections.expected import comparable, fold, read_tables
 from tests.e2e.projections.harness import Entry, Harness
-from tests.support.instances import instance_records
 from tests.e2e.projections.test_read_models import TOPICS_OF, _count
+from tests.support.instances import instance_records
 from tests.support.wait import eventually
 
 
