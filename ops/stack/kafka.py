@@ -29,8 +29,16 @@ _MAIN_CLASS = "kafka.Kafka"
 
 
 def random_cluster_id() -> str:
-    """A KRaft cluster id: a random UUID as 22 characters of URL-safe base64, like `random-uuid`."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A KRaft cluster id: a random UUID as 22 characters of URL-safe base64, like `random-uuid`.
+
+    Never one starting with ``-``: the storage tool would read it as an option (``-t -x...`` fails with
+    "expected one argument", one start in 64). Kafka's own ``Uuid.randomUuid`` draws again for the same
+    reason.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def replication(brokers: int) -> tuple[int, int]:
