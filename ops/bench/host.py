@@ -7,7 +7,7 @@ Run against a running stack (``esflow stack up``; ESFLOW_KAFKA_BOOTSTRAP / ESFLO
 (as a module: run as a script, this file would shadow the ``projections`` package).
 
 One backlog of ``--events`` events (``ops.bench.projection_workload.Workload``, every aggregate) on
-fresh topics; each measurement gets a fresh installation (all seven projections, their own consumer
+fresh topics; each measurement gets a fresh installation (every projection, with its own consumer
 groups) and serves the whole backlog, in the same run:
 
 - ``separate``: one ``esflow projector run NAME`` process per projection (what ``esflow projector run``
@@ -185,7 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     topics = TopicSettings(prefix=f"benchhost{uuid.uuid4().hex[:6]}.", partitions=args.partitions)
     per_topic = produce(kafka, topics, args.events)
     esflow = [sys.executable, "-m", "esflow", "projector", "run"]
-    print(f"{args.events:,} events on {len(per_topic)} topics x {args.partitions} partitions, 7 projections")
+    print(
+        f"{args.events:,} events on {len(per_topic)} topics x {args.partitions} partitions, "
+        f"{len(PROJECTIONS)} projections"
+    )
     try:
         decode = bench_decode(kafka, event_topic("order", topics), args.partitions, 50_000)
         print(f"{'decode baseline (order topic)':<34} {decode.rate:>10,.0f} events/s")
