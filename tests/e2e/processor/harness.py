@@ -101,6 +101,8 @@ class Stream:
     seed: int = 4
     sent: list[CommandEnvelope] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)
+    """Set to end the stream before ``total`` (a test that loads until its chaos is over)."""
 
     def run(self) -> None:
         rnd = random.Random(self.seed)
@@ -108,7 +110,7 @@ class Stream:
         ids = [uuid.uuid4() for _ in range(self.accounts)]
         started = time.monotonic()
         chunk = max(1, int(self.rate / 20))
-        while len(self.sent) < self.total:
+        while len(self.sent) < self.total and not self.stop.is_set():
             batch: list[CommandEnvelope] = []
             for _ in range(min(chunk, self.total - len(self.sent))):
                 n = len(self.sent) + len(batch)
