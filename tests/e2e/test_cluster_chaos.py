@@ -7,12 +7,14 @@ command has exactly one answer (re-sent ones the same answer), the verdicts are 
 event log is gap-free and no reader saw an aborted event (``check_exactly_once``). The stall around
 each kill is the largest command->result latency of the commands issued near it; it is printed.
 
-Projections are not part of this test: their exactly-once-in-effect under broker loss rests on the same
-read_committed log and is covered against a single broker by tests/e2e/projections/test_crash.py.
+Every projection runs too, in one projector host (``esflow projector run --host``) on the cluster's
+Postgres: afterwards each read model must equal the fold of the committed log (tests/e2e/projections/
+expected.py), through both kills.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -24,23 +26,31 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from esflow.domain.messages import CommandEnvelope
+from esflow.domain.messages import CommandEnvelope, EventEnvelope
 from esflow.messaging.kafka import consumer_config
 from esflow.messaging.results import CommandResult
+from esflow.messaging.topics import source_topic
+from esflow.readmodel.store import create_engine
+from esflow.readmodel.versions import Layout
 from esflow.settings import KafkaSettings, PostgresSettings, StackSettings
 from ops.stack.kafka import KafkaServer
 from ops.stack.manager import Stack
 from ops.stack.proc import free_port, free_port_range, process_cmdline, wait_until
+from tests.conftest import drop_installation
 from tests.e2e.processor.harness import (
+    ESFLOW,
     EventWatcher,
     ProcessorProcess,
     Stream,
     check_exactly_once,
     wait_for_results,
 )
+from tests.e2e.projections.expected import committed_log, comparable, fold, read_tables
+from tests.e2e.projections.test_read_models import TOPICS_OF
 from tests.integration.processor.kit import Env, processor_env
 
 COMMANDS = int(os.environ.get("ESFLOW_CHAOS_COMMANDS", "10000"))
@@ -149,6 +159,76 @@ def _kill_and_restart(node: KafkaServer, down_s: float) -> float:
     return killed_at
 
 
+class ProjectorHost:
+    """Every projection in one `esflow projector run --host` on the cluster, in a schema of its own."""
+
+    def __init__(self, cluster: Stack, penv: Env, base_env: dict[str, str], log_dir: Path) -> None:
+        self.schema = f"chaos_{uuid.uuid4().hex[:8]}"
+        self.pg = cluster.pg_settings
+        self.vars = {
+            **base_env, **penv.env_vars(),
+            "ESFLOW_DATABASE_URL": cluster.database_url,
+            "ESFLOW_PROJECTION_DB_SCHEMA": self.schema,
+            "ESFLOW_PROJECTION_GROUP_PREFIX": f"{penv.topics.prefix}projection",
+            "ESFLOW_PROJECTION_BATCH_WINDOW_S": "0.1",
+            "ESFLOW_PROJECTION_SESSION_TIMEOUT_S": "6",
+        }  # fmt: skip
+        self.topics = penv.topics
+        self.log = log_dir / "projector.log"
+        migrate = subprocess.run([ESFLOW, "db", "migrate"], env=self.vars, capture_output=True, text=True)
+        assert migrate.returncode == 0, migrate.stderr
+        self.proc = subprocess.Popen(
+            [ESFLOW, "projector", "run", "--host"], env=self.vars, stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def wait_ready(self) -> None:
+        def ready() -> bool:
+            assert self.proc.poll() is None, self.log.read_text(errors="replace")[-3000:]
+            return b"[^Worker]: Ready" in self.log.read_bytes()
+
+        assert wait_until(ready, timeout_s=180), self.log.read_text(errors="replace")[-3000:]
+
+    def assert_read_models_equal_the_log(self, log: list[tuple[str, int, int, EventEnvelope]]) -> None:
+        """Wait until every projection applied its topics' events, then compare each with the fold."""
+        bi = Layout(self.schema).bi
+        engine = create_engine(self.pg, bi)
+        try:
+            wanted = {
+                name: sum(1 for t, *_ in log if t in {source_topic(s, self.topics) for s in sources})
+                for name, sources in TOPICS_OF.items()
+            }
+
+            def applied() -> bool:
+                assert self.proc.poll() is None, self.log.read_text(errors="replace")[-3000:]
+                with engine.connect() as conn:
+                    rows = conn.execute(
+                        sa.text("SELECT projection, sum(events_applied) FROM projection_status GROUP BY 1")
+                    ).all()
+                done = {name: int(count) for name, count in rows}
+                return all(done.get(name, 0) == n for name, n in wanted.items())
+
+            assert wait_until(applied, timeout_s=300), self.log.read_text(errors="replace")[-3000:]
+            actual, expected = comparable(read_tables(engine, bi), fold(log))
+            for name in expected:
+                assert actual[name].keys() == expected[name].keys(), f"{name}: rows missing or extra"
+                wrong = [k for k in expected[name] if actual[name][k] != expected[name][k]]
+                assert not wrong, f"{name}: {len(wrong)} rows differ"
+        finally:
+            engine.dispose()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+        with contextlib.suppress(Exception):
+            drop_installation(self.pg.database_url.replace("+psycopg", ""), self.schema)
+
+
 # About 2 min on an idle 2-core machine, 4-5 min when other jobs saturate it: above the suite's 300 s.
 @pytest.mark.timeout(900)
 def test_leader_and_controller_kills_lose_and_double_nothing(cluster: Stack, tmp_path: Path) -> None:
@@ -164,8 +244,10 @@ def test_leader_and_controller_kills_lose_and_double_nothing(cluster: Stack, tmp
         clock = ResultClock(penv)
         stream = Stream(penv, COMMANDS, RATE)
         feeder = threading.Thread(target=stream.run, daemon=True)
+        projector = ProjectorHost(cluster, penv, base_env, tmp_path)
         proc.start()
         proc.wait_processing(120)
+        projector.wait_ready()
         feeder.start()
         kills: dict[str, tuple[int, float]] = {}
         try:
@@ -181,8 +263,10 @@ def test_leader_and_controller_kills_lose_and_double_nothing(cluster: Stack, tmp
             watcher.stop()
             clock.stop()
             report = check_exactly_once(penv, stream.sent, watcher.seen)
+            projector.assert_read_models_equal_the_log(committed_log(kafka, penv.topics))
         finally:
             proc.ensure_stopped()
+            projector.stop()
     stalls = {what: _stall(stream.sent, clock.arrived, at) for what, (_node, at) in kills.items()}
     started = min(e.metadata.issued_at for e in stream.sent).timestamp()
     baseline = _stall(stream.sent, clock.arrived, started + 2, span=3)

@@ -16,6 +16,7 @@ import os
 import random
 import signal
 import subprocess
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -57,6 +58,11 @@ FULL = os.environ.get("PROCESS_CHAOS_FULL") == "1"
 the command processor (``PROCESS_CHAOS_FULL=1``; the default run is scaled down for CI)."""
 ORDERS = 2000 if FULL else int(os.environ.get("PROCESS_CHAOS_ORDERS", "150"))
 TRANSFERS = 1000 if FULL else int(os.environ.get("PROCESS_CHAOS_TRANSFERS", "50"))
+PAYMENT_WINDOW_S = 30 if FULL else 12
+"""The fulfilment's payment deadline. The last processor kill keeps it down longer than this (the outage
+itself), so the payments of the orders in flight are held past their deadline and those compensate."""
+SCALE = max(1, ORDERS // 150)
+"""Stock and deposits grow with the order count, so a large run has as many shortages as a small one."""
 KILLS = (
     ["process", "processor", "process", "processor", "process", "processor", "process", "process"]
     if FULL
@@ -78,7 +84,7 @@ class ProcessWorkerProcess:
         self.vars = {
             **os.environ, **env.env_vars(),
             "ESFLOW_PROCESS_GROUP_PREFIX": f"{env.topics.prefix}process",
-            "ESFLOW_PROCESS_PAYMENT_WINDOW_S": "12",
+            "ESFLOW_PROCESS_PAYMENT_WINDOW_S": str(PAYMENT_WINDOW_S),
         }  # fmt: skip
         self.log_dir = log_dir
         self.proc: subprocess.Popen[bytes] | None = None
@@ -125,7 +131,7 @@ def setup_world(sender: Sender, results: Results, rng: random.Random) -> World:
         pid, price = uuid.uuid4(), rng.randint(2, 20)
         products[pid] = price
         cmds += [envelope(pid, RegisterProduct(sku=f"S{i}", name=f"P{i}", category="c", price=eur(price)))]
-        stock = rng.choice([0, 5, 100, 400, 400])
+        stock = rng.choice([0, 5, 100, 400, 400]) * SCALE
         if stock:
             cmds.append(envelope(pid, ReceiveStock(quantity=stock)))
     total = Decimal(0)
@@ -133,7 +139,7 @@ def setup_world(sender: Sender, results: Results, rng: random.Random) -> World:
     for i in range(12):
         aid = uuid.uuid4()
         cmds.append(envelope(aid, open_account()))
-        amount = 0 if i == 11 else rng.choice([0, 30, 200, 2000])
+        amount = 0 if i == 11 else rng.choice([0, 30, 200, 2000]) * SCALE
         if amount:
             cmds.append(envelope(aid, deposit(amount)))
             total += amount
@@ -170,7 +176,7 @@ def test_processes_survive_sigkills_of_both_workers(penv: Env, tmp_path: Path) -
         rounds = len(kills) + 1
         for round_ in range(rounds):
             batch = []
-            for _ in range(ORDERS // rounds):
+            for _ in range(ORDERS * (round_ + 1) // rounds - ORDERS * round_ // rounds):
                 oid = uuid.uuid4()
                 chosen = rng.sample(sorted(world.products), rng.randint(1, 3))
                 items = [
@@ -184,11 +190,10 @@ def test_processes_survive_sigkills_of_both_workers(penv: Env, tmp_path: Path) -
                                  account_id=rng.choice(world.payers))  # fmt: skip
                 sender.send([envelope(oid, cmd)])
                 batch.append(oid)
-            for _ in range(TRANSFERS // rounds):
+            for _ in range(TRANSFERS * (round_ + 1) // rounds - TRANSFERS * round_ // rounds):
                 tid = uuid.uuid4()
-                source, target = rng.sample(world.payers[:7], 1)[0], rng.choice(world.targets)
-                if source == target:
-                    continue
+                source = rng.choice(world.payers[:7])
+                target = rng.choice([t for t in world.targets if t != source])
                 amount = eur(rng.randint(5, 50))
                 sender.send([envelope(tid, RequestTransfer(source_account_id=source, target_account_id=target,
                                                            amount=amount))])  # fmt: skip
@@ -206,6 +211,8 @@ def test_processes_survive_sigkills_of_both_workers(penv: Env, tmp_path: Path) -
                     worker.start()
                 else:
                     processor.kill()
+                    if round_ == max(i for i, k in enumerate(kills) if k == "processor"):
+                        time.sleep(PAYMENT_WINDOW_S + 2)  # the outage itself: payments held past the deadline
                     processor.start()
 
         def all_ended() -> tuple[dict[uuid.UUID, InstanceRecord], dict[uuid.UUID, InstanceRecord]] | None:

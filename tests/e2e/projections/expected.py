@@ -13,11 +13,26 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from esflow.domain.messages import EventEnvelope
+from esflow.domain.messages import AGGREGATE_TYPES, EventEnvelope
+from esflow.messaging.codec import Codec
 from esflow.messaging.process_records import InstanceRecord
+from esflow.messaging.topics import event_topic
+from esflow.settings import KafkaSettings, TopicSettings
+from tests.integration.processor.kit import read_all
 
 Tables = dict[str, dict[Any, dict[str, Any]]]
+CODEC = Codec.from_settings()
 ZERO = Decimal("0.00")
+
+
+def committed_log(kafka: KafkaSettings, topics: TopicSettings) -> list[tuple[str, int, int, EventEnvelope]]:
+    """Every committed event of every event topic with its position, in log order per partition."""
+    out: list[tuple[str, int, int, EventEnvelope]] = []
+    for aggregate in AGGREGATE_TYPES:
+        for msg in read_all(kafka, event_topic(aggregate, topics)):
+            envelope: EventEnvelope = CODEC.decode(msg.value() or b"", kind="event")
+            out.append((msg.topic(), msg.partition(), msg.offset(), envelope))
+    return sorted(out, key=lambda e: (e[0], e[1], e[2]))
 
 
 def fold(log: Sequence[tuple[str, int, int, EventEnvelope | InstanceRecord]]) -> Tables:

@@ -25,15 +25,14 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from esflow.domain.messages import EventEnvelope
 from esflow.messaging.codec import Codec
-from esflow.messaging.topics import AGGREGATES, apply, catalogue, event_topic
+from esflow.messaging.topics import apply, catalogue
 from projections.registry import PROJECTIONS
 from tests.e2e.processor.harness import EventWatcher, ProcessorProcess, Stream, check_exactly_once
-from tests.e2e.projections.expected import comparable, fold, read_tables
-from tests.e2e.projections.harness import Harness, LogEntry
+from tests.e2e.projections.expected import committed_log, comparable, fold, read_tables
+from tests.e2e.projections.harness import Harness
 from tests.e2e.projections.test_read_models import TOPICS_OF, _count
-from tests.integration.processor.kit import Env, read_all
+from tests.integration.processor.kit import Env
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.e2e
@@ -86,16 +85,6 @@ class Host:
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")[-3000:]
-
-
-def _committed_log(env: Env) -> list[LogEntry]:
-    """Every committed event of every event topic with its position, in log order per partition."""
-    out: list[LogEntry] = []
-    for aggregate in AGGREGATES:
-        for msg in read_all(env.kafka, event_topic(aggregate, env.topics)):
-            envelope: EventEnvelope = CODEC.decode(msg.value() or b"", kind="event")
-            out.append((msg.topic(), msg.partition(), msg.offset(), envelope))
-    return sorted(out, key=lambda e: (e[0], e[1], e[2]))
 
 
 def test_a_rolling_restart_of_every_instance_under_load_loses_and_doubles_nothing(
@@ -152,7 +141,7 @@ def test_a_rolling_restart_of_every_instance_under_load_loses_and_doubles_nothin
         report = check_exactly_once(env, stream.sent, watcher.seen)
         watcher = None
 
-        log = _committed_log(env)
+        log = committed_log(env.kafka, env.topics)
         assert len(log) == report.events
         harness.wait_applied({n: _count(log, harness, TOPICS_OF[n]) for n in PROJECTIONS}, timeout=180)
         for h in hosts:
