@@ -1,0 +1,247 @@
+"""The whole pipeline as the README runs it: sustained rate, then latencies at 25/50/75 % of it.
+
+    .venv/bin/python -m ops.bench.pipeline [--preload 20000] [--commands 20000] [--seconds 20]
+
+Against the running local stack (``esflow stack up``), on fresh prefixed topics and a fresh
+installation (both removed afterwards), with ``esflow processor run`` and ``esflow projector run`` (every
+projection, each its own process: what the README starts) as children:
+
+1. **preload**: ``--preload`` commands of the reference workload sent flat out and waited for until every
+   projection has applied them, so the read models hold data before anything is measured;
+2. **sustained**: ``--commands`` more sent flat out; the rate is the commands divided by the time from the
+   first send until the last result *and* every projection has applied every event of the phase;
+3. **latency**: at 25, 50 and 75 % of that rate, ``--seconds`` of open-loop load each (latency counted
+   from when a command was due, :mod:`producers.loadgen`): command->result p50/p99, and command->visible in
+   ``--projection`` (default ``orders``) p50/p99. Each phase starts only once every projection has
+   applied the previous one, so no phase measures another's backlog;
+4. **floor**: Kafka's own end-to-end latency in the same run (``org.apache.kafka.tools.EndToEndLatency``
+   from the kafka-tools jar the stack caches: one record produced with acks=all, then consumed, at a
+   time; not transactional, the tool has no such mode), on a topic of its own.
+
+Nothing here asserts a time: run it, read it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import sqlalchemy as sa
+from confluent_kafka.admin import AdminClient, NewTopic
+from psycopg import sql
+
+from esflow.messaging.results import CommandResult
+from esflow.messaging.topics import apply, catalogue, wait_until_visible
+from esflow.query.consistency import ConsistencyToken, ProjectionWaiter
+from esflow.readmodel import versions
+from esflow.readmodel.store import create_engine
+from esflow.settings import Settings, StackSettings
+from producers import loadgen
+from producers.workload import Planned
+from projections.registry import PROJECTIONS, get
+
+FRACTIONS = (0.25, 0.5, 0.75)
+
+
+def _percentiles(values: list[float]) -> str:
+    ordered = sorted(values)
+    if not ordered:
+        return "no samples"
+    return f"p50 {loadgen.percentile(ordered, 50):,.0f} ms, p99 {loadgen.percentile(ordered, 99):,.0f} ms"
+
+
+class Pipeline:
+    """The fresh installation, its children and a waiter for every projection."""
+
+    def __init__(self, settings: Settings, logs: Path) -> None:
+        self.settings = settings
+        self.logs = logs
+        self.children: list[subprocess.Popen[bytes]] = []
+        self.waiter = ProjectionWaiter(settings)
+
+    def start(self, *args: str) -> None:
+        """An ``esflow`` child with the bench's environment, logging to a file."""
+        log = (self.logs / f"{args[0]}.log").open("wb")
+        self.children.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "esflow", *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+
+    def alive(self) -> None:
+        """Fail fast when a child died."""
+        for child in self.children:
+            if child.poll() is not None:
+                raise RuntimeError(f"{child.args!r} exited ({child.returncode}); logs in {self.logs}")
+
+    def caught_up(self, token: ConsistencyToken, timeout_s: float = 600) -> None:
+        """Block until every projection has applied every write in ``token``."""
+        for name in PROJECTIONS:
+            self.alive()
+            self.waiter.wait(token, name, timeout=timeout_s)
+
+    def run(self, plans: list[Planned], rate: float | None, projection: str | None = None) -> tuple[
+        loadgen.LoadReport, ConsistencyToken
+    ]:  # fmt: skip
+        """One load phase; its report and the token of everything it wrote."""
+        positions: list[ConsistencyToken] = []
+
+        def collect(result: CommandResult, _due: float) -> None:
+            positions.append(ConsistencyToken.from_result(result))
+
+        self.alive()
+        report = loadgen.run(self.settings, plans, rate=rate, projection=projection, on_result=collect)
+        token = ConsistencyToken(())
+        for t in positions:
+            token = token.merge(t)
+        return report, token
+
+    def stop(self) -> None:
+        """SIGTERM every child (SIGKILL after 60 s) and release the waiter."""
+        for child in self.children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in self.children:
+            try:
+                child.wait(60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(30)
+        self.waiter.close()
+
+
+@contextmanager
+def installation(partitions: int | None) -> Iterator[Settings]:
+    """Fresh topics and schema under a unique prefix, removed afterwards.
+
+    The prefix, schema and groups are set in this process's environment, which the children inherit.
+    """
+    run = uuid.uuid4().hex[:6]
+    os.environ.update(
+        ESFLOW_TOPIC_PREFIX=f"plbench-{run}.",
+        ESFLOW_PROJECTION_DB_SCHEMA=f"plbench_{run}",
+        ESFLOW_PROJECTION_GROUP_PREFIX=f"plbench-{run}-projection",
+        ESFLOW_PROCESSOR_GROUP_ID=f"plbench-{run}-processor",
+        ESFLOW_LOG_LEVEL="warning",
+    )
+    if partitions:
+        os.environ["ESFLOW_TOPIC_PARTITIONS"] = str(partitions)
+    settings = Settings()
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    specs = catalogue(settings.topics)
+    apply(admin, specs)
+    layout = versions.Layout(settings.projections.db_schema)
+    base = create_engine(settings.postgres, settings.projections.db_schema)
+    try:
+        versions.install(base, layout, [get(n) for n in PROJECTIONS])
+        yield settings
+    finally:
+        for fut in admin.delete_topics([s.name for s in specs], operation_timeout=60).values():
+            with suppress(Exception):
+                fut.result(60)
+        with base.begin() as conn:
+            schemas = [layout.base, layout.bi, *(layout.version_schema(n, 1) for n in PROJECTIONS)]
+            for dropped in schemas:
+                conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {sql.Identifier(dropped).as_string()} CASCADE"))
+            conn.execute(sa.text(f"DROP ROLE IF EXISTS {sql.Identifier(layout.reader_role).as_string()}"))
+        base.dispose()
+
+
+def kafka_floor(settings: Settings, records: int) -> str:
+    """Kafka's EndToEndLatency on a fresh one-partition topic: its percentiles line."""
+    topic = f"{settings.topics.prefix}e2e-latency"
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
+    wait_until_visible(admin, [topic], 30)
+    libs = StackSettings().cache_dir / f"kafka-{settings.kafka.version}" / "libs"
+    try:
+        out = subprocess.run(
+            ["java", "-Xmx256m", "-cp", f"{libs}/*", "org.apache.kafka.tools.EndToEndLatency",
+             settings.kafka.bootstrap_servers, topic, str(records), "all", "200"],
+            capture_output=True, text=True, timeout=600, check=True,
+        ).stdout  # fmt: skip
+    finally:
+        with suppress(Exception):
+            admin.delete_topics([topic])[topic].result(30)
+    found = re.search(r"Percentiles: 50th = ([\d.]+), 99th = ([\d.]+)", out)
+    average = re.search(r"Avg latency: ([\d.]+)", out)
+    if not found:
+        return f"(EndToEndLatency printed no percentiles: {out[-300:]!r})"
+    return f"p50 {float(found[1]):.1f} ms, p99 {float(found[2]):.1f} ms" + (
+        f" (avg {float(average[1]):.1f} ms)" if average else ""
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Preload, sustained rate, latencies at three fractions of it, and Kafka's floor."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--preload", type=int, default=20_000, help="commands applied before measuring")
+    ap.add_argument("--commands", type=int, default=20_000, help="commands of the sustained phase")
+    ap.add_argument("--seconds", type=float, default=20, help="length of each latency phase")
+    ap.add_argument("--projection", default="orders", choices=list(PROJECTIONS), help="command->visible in")
+    ap.add_argument("--partitions", type=int, default=None, help="default: ESFLOW_TOPIC_PARTITIONS")
+    ap.add_argument("--floor-records", type=int, default=2000)
+    args = ap.parse_args(argv)
+    seed = iter(range(1, 1000))
+    with installation(args.partitions) as settings, tempfile.TemporaryDirectory(prefix="plbench-") as tmp:
+        print(
+            f"esflow pipeline benchmark: processor + {len(PROJECTIONS)} projections (one process each), "
+            f"{settings.topics.partitions} partitions, {os.cpu_count()} CPUs, broker "
+            f"{settings.kafka.bootstrap_servers}"
+        )
+        pipeline = Pipeline(settings, Path(tmp))
+        try:
+            pipeline.start("processor", "run")
+            pipeline.start("projector", "run")
+            if args.preload:
+                t0 = time.monotonic()
+                plans = loadgen.generate(args.preload, reject_share=0.05, seed=next(seed))
+                _, token = pipeline.run(plans, None)
+                pipeline.caught_up(token)
+                print(f"preload: {args.preload:,} commands applied by every projection in "
+                      f"{time.monotonic() - t0:.1f}s")  # fmt: skip
+            plans = loadgen.generate(args.commands, reject_share=0.05, seed=next(seed))
+            t0 = time.monotonic()
+            report, token = pipeline.run(plans, None)
+            results_s = time.monotonic() - t0
+            pipeline.caught_up(token)
+            total_s = time.monotonic() - t0
+            sustained = args.commands / total_s
+            print(
+                f"sustained: {sustained:,.0f} commands/s with every projection caught up "
+                f"({args.commands:,} in {total_s:.1f}s; results alone {args.commands / results_s:,.0f}/s)"
+            )
+            for fraction in FRACTIONS:
+                rate = sustained * fraction
+                plans = loadgen.generate(
+                    max(1, round(rate * args.seconds)), reject_share=0.05, seed=next(seed)
+                )
+                report, token = pipeline.run(plans, rate, projection=args.projection)
+                pipeline.caught_up(token)
+                print(
+                    f"at {fraction:.0%} ({rate:,.0f}/s): "
+                    f"command->result {_percentiles(report.result_latency_ms)}; "
+                    f"command->visible in {args.projection} {_percentiles(report.projection_latency_ms)}"
+                    + (f"; {len(report.unexpected)} unexpected outcomes" if report.unexpected else "")
+                )
+        finally:
+            pipeline.stop()
+        print(f"floor, Kafka EndToEndLatency ({args.floor_records:,} records, acks=all, 200 B): "
+              f"{kafka_floor(settings, args.floor_records)}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
