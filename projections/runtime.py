@@ -36,6 +36,7 @@ from esflow.readmodel.applier import BatchApplier, Stopping
 from esflow.readmodel.projection import TP, Decoder, Projection, RawEvent
 from esflow.readmodel.store import ProjectionStore
 from esflow.settings import KafkaSettings, ProjectionSettings, TopicSettings
+from projections.batching import take_adaptive
 from projections.fanout import FanOut, Member
 from projections.fanout import event_topics as event_topics  # where callers have always found it
 from projections.metrics import PrometheusObserver
@@ -224,7 +225,8 @@ def build_host(
         pending: asyncio.Future[Any] | None = None
         armed = False
         try:
-            async for events in stream.take_events(settings.batch_size, within=settings.batch_window_s):
+            batches = take_adaptive(stream, settings.batch_size, settings.batch_linger_s, lambda: pending)
+            async for events in batches:
                 raws = [
                     RawEvent(
                         e.message.topic,

@@ -194,18 +194,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--projection", default="orders", choices=list(PROJECTIONS), help="command->visible in")
     ap.add_argument("--partitions", type=int, default=None, help="default: ESFLOW_TOPIC_PARTITIONS")
     ap.add_argument("--floor-records", type=int, default=2000)
+    ap.add_argument(
+        "--host", action="store_true", help="every projection in one projector host (projector run --host)"
+    )
     args = ap.parse_args(argv)
     seed = iter(range(1, 1000))
     with installation(args.partitions) as settings, tempfile.TemporaryDirectory(prefix="plbench-") as tmp:
         print(
-            f"esflow pipeline benchmark: processor + {len(PROJECTIONS)} projections (one process each), "
+            f"esflow pipeline benchmark: processor + {len(PROJECTIONS)} projections "
+            f"({'one projector host' if args.host else 'one process each'}), "
             f"{settings.topics.partitions} partitions, {os.cpu_count()} CPUs, broker "
             f"{settings.kafka.bootstrap_servers}"
         )
         pipeline = Pipeline(settings, Path(tmp))
         try:
             pipeline.start("processor", "run")
-            pipeline.start("projector", "run")
+            pipeline.start("projector", "run", *(["--host"] if args.host else []))
             if args.preload:
                 t0 = time.monotonic()
                 plans = loadgen.generate(args.preload, reject_share=0.05, seed=next(seed))

@@ -270,7 +270,6 @@ def bench_worker(
         ESFLOW_PROJECTION_DB_SCHEMA=schema,
         ESFLOW_PROJECTION_GROUP_PREFIX=f"g-{prefix.rstrip('.')}",
         ESFLOW_PROJECTION_BATCH_SIZE=str(batch),
-        ESFLOW_PROJECTION_BATCH_WINDOW_S="0.5",
         ESFLOW_LOG_LEVEL="warning",
     )
     log = Path(tempfile.gettempdir()) / f"{prefix}worker.log"

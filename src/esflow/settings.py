@@ -6,10 +6,11 @@ keeps tests free to run several stacks side by side with different ports and dir
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from esflow.domain.messages import AGGREGATE_TYPES
@@ -282,11 +283,12 @@ class ProjectionSettings(BaseSettings):
         "esflow-projection", description="Consumer group (and Faust app id) prefix; the name is appended."
     )
     batch_size: int = Field(2000, ge=1, description="Most events applied in one Postgres transaction.")
-    batch_window_s: float = Field(
-        0.1,
-        gt=0,
-        description="Longest wait to fill a batch before applying it: a floor under command->read-model "
-        "latency at low load (under load batches fill up first).",
+    batch_linger_s: float = Field(
+        0.005,
+        ge=0,
+        description="How long a batch waits for more events after its first one before it may be applied; "
+        "past that it is applied as soon as the previous batch is, so batches grow with the load "
+        "(projections/batching.py). Replaces the fixed BATCH_WINDOW_S tick.",
     )
     on_bad_input: BadInputPolicy = Field(
         "dead_letter",
@@ -324,6 +326,18 @@ class ProjectionSettings(BaseSettings):
         description="A worker that starts (or falls) more than this many events behind applies the backlog "
         "with the bulk replayer, then hands over to its live tail at the checkpoints it reached; 0: never.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_batch_window(cls, data: object) -> object:
+        # A renamed setting silently ignored would leave a user tuning nothing: say what replaced it.
+        given = isinstance(data, dict) and "batch_window_s" in data
+        if given or "ESFLOW_PROJECTION_BATCH_WINDOW_S" in os.environ:
+            raise ValueError(
+                "ESFLOW_PROJECTION_BATCH_WINDOW_S (batch_window_s) is gone: batches now grow with the load; "
+                "ESFLOW_PROJECTION_BATCH_LINGER_S (default 0.005) is the wait after a batch's first event"
+            )
+        return data
 
 
 class ImageSettings(BaseSettings):

@@ -170,7 +170,6 @@ class ProjectorHost:
             "ESFLOW_DATABASE_URL": cluster.database_url,
             "ESFLOW_PROJECTION_DB_SCHEMA": self.schema,
             "ESFLOW_PROJECTION_GROUP_PREFIX": f"{penv.topics.prefix}projection",
-            "ESFLOW_PROJECTION_BATCH_WINDOW_S": "0.1",
             "ESFLOW_PROJECTION_SESSION_TIMEOUT_S": "6",
         }  # fmt: skip
         self.topics = penv.topics

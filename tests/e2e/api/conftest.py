@@ -101,7 +101,6 @@ def api(services: Services, admin: AdminClient, tmp_path_factory: pytest.TempPat
         ESFLOW_PROCESSOR_INSTANCE_ID=f"{prefix}p0",
         ESFLOW_PROJECTION_DB_SCHEMA=schema,
         ESFLOW_PROJECTION_GROUP_PREFIX=f"{prefix}proj",
-        ESFLOW_PROJECTION_BATCH_WINDOW_S="0.05",
         ESFLOW_API_PORT=str(port),
         ESFLOW_API_JWT_PUBLIC_KEY_FILE=str(write_public_key(key, tmp / "api-key.pem")),
         ESFLOW_API_JWT_ISSUER=ISSUER,

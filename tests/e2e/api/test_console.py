@@ -97,7 +97,6 @@ def pipeline(
         ESFLOW_PROCESSOR_INSTANCE_ID=f"{prefix}p0",
         ESFLOW_PROJECTION_DB_SCHEMA=schema,
         ESFLOW_PROJECTION_GROUP_PREFIX=f"{prefix}proj",
-        ESFLOW_PROJECTION_BATCH_WINDOW_S="0.05",
     )
     logs = tmp_path_factory.mktemp("console")
     esflow = [sys.executable, "-m", "esflow"]

@@ -32,7 +32,6 @@ def with_projector(
         **env,
         "ESFLOW_PROJECTION_DB_SCHEMA": schema,
         "ESFLOW_PROJECTION_GROUP_PREFIX": f"{settings.topics.prefix}proj",
-        "ESFLOW_PROJECTION_BATCH_WINDOW_S": "0.05",
     }
     migrate = subprocess.run(
         [sys.executable, "-m", "esflow", "db", "migrate"],

@@ -48,7 +48,6 @@ def installed(
         **env,
         "ESFLOW_PROJECTION_DB_SCHEMA": base,
         "ESFLOW_PROJECTION_GROUP_PREFIX": f"{settings.topics.prefix}{base}",
-        "ESFLOW_PROJECTION_BATCH_WINDOW_S": "0.05",
     }
     done = subprocess.run(
         [sys.executable, "-m", "esflow", "db", "migrate"], env=env, capture_output=True, text=True

@@ -257,7 +257,6 @@ class Harness:
             ESFLOW_TOPIC_PARTITIONS=str(self.partitions),
             ESFLOW_PROJECTION_DB_SCHEMA=self.schema,
             ESFLOW_PROJECTION_GROUP_PREFIX=self.group_prefix,
-            ESFLOW_PROJECTION_BATCH_WINDOW_S="0.2",
             ESFLOW_PROJECTION_RETRY_MAX_S="2",
             ESFLOW_LOG_LEVEL="info",
         )
@@ -357,4 +356,4 @@ class Harness:
 
 def settings_for(harness: Harness) -> ProjectionSettings:
     """Projection settings matching the harness (for in-process use)."""
-    return ProjectionSettings(db_schema=harness.schema, group_prefix=harness.group_prefix, batch_window_s=0.2)
+    return ProjectionSettings(db_schema=harness.schema, group_prefix=harness.group_prefix)

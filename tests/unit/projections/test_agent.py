@@ -22,7 +22,7 @@ def test_batches_reach_the_applier_in_order_and_one_at_a_time() -> None:
         None,  # type: ignore[arg-type]  # the applier below replaces the store
         kafka=KafkaSettings(bootstrap="127.0.0.1:1"),
         topics=TopicSettings(prefix="unit."),
-        settings=ProjectionSettings(batch_size=batch_size, batch_window_s=0.05),
+        settings=ProjectionSettings(batch_size=batch_size, batch_linger_s=0.005),
     )
     seen: list[list[int]] = []
     active = 0
