@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from esflow.settings import KafkaSettings, PostgresSettings, Settings, StackSettings
+from esflow.settings import KafkaSettings, PostgresSettings, ProjectionSettings, Settings, StackSettings
 
 
 def test_defaults_point_at_the_local_stack(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -39,3 +39,11 @@ def test_invalid_port_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ESFLOW_KAFKA_PORT", "70000")
     with pytest.raises(ValueError, match="less than or equal to 65535"):
         KafkaSettings()
+
+
+def test_the_removed_batch_window_is_refused_with_its_replacement(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ESFLOW_PROJECTION_BATCH_WINDOW_S", "0.1")
+    with pytest.raises(ValueError, match="BATCH_LINGER_S"):
+        ProjectionSettings()
+    monkeypatch.delenv("ESFLOW_PROJECTION_BATCH_WINDOW_S")
+    assert ProjectionSettings().batch_linger_s == 0.005
