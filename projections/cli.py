@@ -5,10 +5,11 @@ projection versions.
 
 ``esflow projector run NAME`` runs one projection's worker in this process (:mod:`projections.worker`:
 the live version, re-executed on a switch), scaled by starting more of them. With several names (or
-none: all of them) it supervises one child process per projection (:mod:`esflow.supervisor`), so each
-can crash and restart alone, and SIGTERM/SIGINT stop them all gracefully. ``--host`` serves the named
-projections (or all) in this one process instead: each event topic fetched and each event decoded
-once for all of them; scaled by starting more hosts of the same projections.
+none: all of them) it supervises (:mod:`esflow.supervisor`) one child process, a projector host serving
+them all: each event topic fetched and each event decoded once for all of them; a crash restarts it,
+and SIGTERM/SIGINT stop it gracefully. ``--processes`` supervises one child per projection instead
+(isolation: each crashes and restarts alone); ``--host`` runs the host in this process, unsupervised
+(for a platform's restart policy). Scaled by starting more hosts of the same projections.
 """
 
 from __future__ import annotations
@@ -147,9 +148,16 @@ def projector_status(as_json: bool) -> None:
     "--host",
     "as_host",
     is_flag=True,
-    help="Serve the projections in this one process (a projector host) instead of one child process each.",
+    help="Serve the projections in this one process (a projector host), unsupervised.",
 )
-def projector_run(names: tuple[str, ...], run_migrations: bool, pinned: int | None, as_host: bool) -> None:
+@click.option(
+    "--processes",
+    is_flag=True,
+    help="One supervised child process per projection (isolation) instead of one supervised host.",
+)
+def projector_run(
+    names: tuple[str, ...], run_migrations: bool, pinned: int | None, as_host: bool, processes: bool
+) -> None:
     """Run the named projections (all when none is named) until SIGTERM or SIGINT."""
     unknown = [n for n in names if n not in PROJECTIONS]
     if unknown:
@@ -163,25 +171,33 @@ def projector_run(names: tuple[str, ...], run_migrations: bool, pinned: int | No
     chosen = list(dict.fromkeys(names)) or list(PROJECTIONS)
     if pinned is not None and len(chosen) != 1:
         raise click.BadParameter("--version needs exactly one projection name")
+    if as_host and processes:
+        raise click.BadParameter("--host and --processes exclude each other")
     if len(chosen) == 1 or as_host:
         worker.run(chosen, settings, pinned)
+    elif processes:
+        sys.exit(_supervise({name: worker.command(name) for name in chosen}, settings))
     else:
-        sys.exit(_supervise(chosen, settings))
+        # One host (each event fetched and decoded once for all of them: on two cores it keeps the
+        # read models fresh where one process per projection falls seconds behind, ops/bench/pipeline.py),
+        # as a supervised child so that a crash restarts it as it would restart a projection's worker.
+        sys.exit(_supervise({"host": worker.host_command(chosen)}, settings))
 
 
-def _supervise(names: list[str], settings: Settings) -> int:
-    """One supervised child per projection, each with its own metrics port when metrics are served."""
+def _supervise(commands: dict[str, list[str]], settings: Settings) -> int:
+    """One supervised child per command, each with its own metrics port when metrics are served."""
     base_port = settings.projections.metrics_port
+    order = list(commands)
 
     def env(name: str) -> dict[str, str]:
         variables = dict(os.environ)
         if base_port:
-            # The configured port for the first projection, then the next ones.
-            variables["ESFLOW_PROJECTION_METRICS_PORT"] = str(base_port + names.index(name))
+            # The configured port for the first child, then the next ones.
+            variables["ESFLOW_PROJECTION_METRICS_PORT"] = str(base_port + order.index(name))
         return variables
 
     return Supervisor(
-        {name: worker.command(name) for name in names},
+        commands,
         env,
         announce=lambda text: click.echo(f"projector {text}", err=True),
     ).run()

@@ -1,10 +1,11 @@
 """The whole pipeline as the README runs it: sustained rate, then latencies at 25/50/75 % of it.
 
-    .venv/bin/python -m ops.bench.pipeline [--preload 20000] [--commands 20000] [--seconds 20]
+    .venv/bin/python -m ops.bench.pipeline [--preload 20000] [--commands 20000] [--seconds 20] [--processes]
 
 Against the running local stack (``esflow stack up``), on fresh prefixed topics and a fresh
 installation (both removed afterwards), with ``esflow processor run`` and ``esflow projector run`` (every
-projection, each its own process: what the README starts) as children:
+projection in one supervised projector host, what the README starts; ``--processes``: one process per
+projection) as children:
 
 1. **preload**: ``--preload`` commands of the reference workload sent flat out and waited for until every
    projection has applied them, so the read models hold data before anything is measured;
@@ -195,21 +196,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--partitions", type=int, default=None, help="default: ESFLOW_TOPIC_PARTITIONS")
     ap.add_argument("--floor-records", type=int, default=2000)
     ap.add_argument(
-        "--host", action="store_true", help="every projection in one projector host (projector run --host)"
+        "--processes", action="store_true", help="one process per projection (projector run --processes)"
     )
     args = ap.parse_args(argv)
     seed = iter(range(1, 1000))
     with installation(args.partitions) as settings, tempfile.TemporaryDirectory(prefix="plbench-") as tmp:
         print(
             f"esflow pipeline benchmark: processor + {len(PROJECTIONS)} projections "
-            f"({'one projector host' if args.host else 'one process each'}), "
+            f"({'one process each' if args.processes else 'one projector host'}), "
             f"{settings.topics.partitions} partitions, {os.cpu_count()} CPUs, broker "
             f"{settings.kafka.bootstrap_servers}"
         )
         pipeline = Pipeline(settings, Path(tmp))
         try:
             pipeline.start("processor", "run")
-            pipeline.start("projector", "run", *(["--host"] if args.host else []))
+            pipeline.start("projector", "run", *(["--processes"] if args.processes else []))
             if args.preload:
                 t0 = time.monotonic()
                 plans = loadgen.generate(args.preload, reject_share=0.05, seed=next(seed))

@@ -1,4 +1,4 @@
-"""`esflow projector run A B` supervises one child per projection and stops them all on SIGTERM."""
+"""`esflow projector run --processes A B`: one child per projection, all stopped on SIGTERM."""
 
 from __future__ import annotations
 
@@ -27,7 +27,17 @@ def test_supervisor_runs_a_child_per_projection_and_stops_them_gracefully(harnes
     log = harness.produce(Workload(seed=61).events(500))
     out = (harness.logs / "supervisor.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "esflow", "projector", "run", "--migrate", "event_log", "account_balances"],
+        [
+            sys.executable,
+            "-m",
+            "esflow",
+            "projector",
+            "run",
+            "--migrate",
+            "--processes",
+            "event_log",
+            "account_balances",
+        ],
         env=harness.env(),
         stdout=out,
         stderr=subprocess.STDOUT,

@@ -1,4 +1,4 @@
-"""`esflow projector run` with several projections: supervised workers, stopped gracefully, tidy."""
+"""`esflow projector run` with several projections: a supervised host (or workers), stopped tidily."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ops.bench.projection_workload import Workload
 from tests.e2e.projections.harness import Harness
 from tests.support.wait import eventually
 
 
+@pytest.mark.parametrize("mode", ["default", "--processes"])
 def test_supervised_workers_apply_stop_on_sigterm_and_remove_their_faust_data(
-    harness: Harness, tmp_path: Path
+    harness: Harness, tmp_path: Path, mode: str
 ) -> None:
     temp = tmp_path / "tmp"
     temp.mkdir()
@@ -21,7 +24,16 @@ def test_supervised_workers_apply_stop_on_sigterm_and_remove_their_faust_data(
     log = harness.produce(Workload(seed=61).events(400))
     out = (tmp_path / "projector.log").open("wb")
     projector = subprocess.Popen(
-        [sys.executable, "-m", "esflow", "projector", "run", "event_log", "orders"],
+        [
+            sys.executable,
+            "-m",
+            "esflow",
+            "projector",
+            "run",
+            *([mode] if mode != "default" else []),
+            "event_log",
+            "orders",
+        ],
         env=harness.env(TMPDIR=str(temp)),
         stdout=out,
         stderr=subprocess.STDOUT,
@@ -31,9 +43,13 @@ def test_supervised_workers_apply_stop_on_sigterm_and_remove_their_faust_data(
         harness.wait_applied({"event_log": len(log), "orders": orders}, timeout=120)
         # One data directory per worker process, named after its consumer group.
         names = sorted(p.name for p in datadirs.iterdir())
-        assert len(names) == 2, names
-        assert names[0].startswith(f"{harness.group_prefix}-event_log-v1-"), names
-        assert names[1].startswith(f"{harness.group_prefix}-orders-v1-"), names
+        if mode == "default":  # one host serving both
+            assert len(names) == 1, names
+            assert names[0].startswith(f"{harness.group_prefix}-host-"), names
+        else:
+            assert len(names) == 2, names
+            assert names[0].startswith(f"{harness.group_prefix}-event_log-v1-"), names
+            assert names[1].startswith(f"{harness.group_prefix}-orders-v1-"), names
         projector.send_signal(signal.SIGTERM)
         assert projector.wait(60) == 0
     finally:
@@ -42,7 +58,10 @@ def test_supervised_workers_apply_stop_on_sigterm_and_remove_their_faust_data(
             projector.wait(10)
         out.close()
     text = (tmp_path / "projector.log").read_text(errors="replace")
-    assert "projector event_log: pid" in text and "projector orders: pid" in text, text[-3000:]
+    if mode == "default":
+        assert "projector host: pid" in text, text[-3000:]
+    else:
+        assert "projector event_log: pid" in text and "projector orders: pid" in text, text[-3000:]
     assert "restarting" not in text, text[-3000:]
     assert list(datadirs.iterdir()) == [], "a worker left its Faust data directory behind"
 
