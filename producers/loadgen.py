@@ -8,11 +8,12 @@ omission). Without a rate, commands go as fast as the producer takes them.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, Message
@@ -99,7 +100,13 @@ class ProjectionTracker:
         self.projection = projection
         self._waiter = ProjectionWaiter(settings)
         self._poll_s = poll_s
-        self._pending: list[tuple[tuple[tuple[str, int, int], ...], float]] = []
+        # Per partition, a heap of (offset, result) still to be reached; per result, how many of its
+        # positions are not reached yet and when it was due. A poll pops only what the checkpoints
+        # passed, so its cost follows what settled, not what is pending (thousands when a projection
+        # is seconds behind).
+        self._waiting: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        self._open: dict[int, list[float]] = {}
+        self._next_id = 0
         self._lock = threading.Lock()
         self.latencies_ms: list[float] = []
         self._stop = threading.Event()
@@ -110,41 +117,53 @@ class ProjectionTracker:
         """Follow an accepted result into the projection (rejections wrote nothing)."""
         if result.status != "accepted" or not result.events:
             return
-        token = ConsistencyToken.from_result(result)
+        self.follow(ConsistencyToken.from_result(result).positions, t_due)
+
+    def follow(self, positions: Sequence[tuple[str, int, int]], t_due: float) -> None:
+        """Count the latency from ``t_due`` once the checkpoints reached every (topic, partition, offset)."""
         with self._lock:
-            self._pending.append((token.positions, t_due))
+            rid = self._next_id
+            self._next_id += 1
+            self._open[rid] = [float(len(positions)), t_due]
+            for topic, partition, offset in positions:
+                heapq.heappush(self._waiting.setdefault((topic, partition), []), (offset, rid))
+
+    @property
+    def pending(self) -> int:
+        """Results tracked and not visible yet."""
+        with self._lock:
+            return len(self._open)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             with self._lock:
-                pending = list(self._pending)
-            if pending:
+                busy = bool(self._open)
+            if busy:
                 topics, have = self._waiter.checkpoints(self.projection)
                 now = time.monotonic()
                 # Only the partitions of the topics the projection reads count; with no live version
                 # yet nothing is visible.
-                done = {
-                    i
-                    for i, (positions, _) in enumerate(pending)
-                    if topics and all(have.get((t, p), -1) >= o for t, p, o in positions if t in topics)
-                }
-                if done:
+                if topics:
                     with self._lock:
-                        self.latencies_ms.extend((now - pending[i][1]) * 1000 for i in done)
-                        settled = {id(pending[i]) for i in done}
-                        self._pending = [x for x in self._pending if id(x) not in settled]
+                        for (topic, partition), heap in self._waiting.items():
+                            reached = have.get((topic, partition), -1) if topic in topics else None
+                            while heap and (reached is None or heap[0][0] <= reached):
+                                _, rid = heapq.heappop(heap)
+                                entry = self._open[rid]
+                                entry[0] -= 1
+                                if entry[0] == 0:
+                                    self.latencies_ms.append((now - entry[1]) * 1000)
+                                    del self._open[rid]
             time.sleep(self._poll_s)
 
     def drain(self, timeout_s: float) -> int:
         """Wait until every tracked result is visible; returns how many are still pending."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            with self._lock:
-                if not self._pending:
-                    return 0
+            if not self.pending:
+                return 0
             time.sleep(0.05)
-        with self._lock:
-            return len(self._pending)
+        return self.pending
 
     def close(self) -> None:
         """Stop polling."""

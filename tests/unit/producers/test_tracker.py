@@ -1,0 +1,53 @@
+"""loadgen's ProjectionTracker settles a result exactly when the checkpoints pass all of its positions."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from esflow.settings import Settings
+from producers.loadgen import ProjectionTracker
+from tests.support.wait import eventually
+
+
+class FakeWaiter:
+    """The projection's checkpoints, moved by the test."""
+
+    def __init__(self) -> None:
+        self.topics = {"ev.order", "ev.account"}
+        self.have: dict[tuple[str, int], int] = {}
+        self.lock = threading.Lock()
+
+    def checkpoints(self, _projection: str) -> tuple[set[str], dict[tuple[str, int], int]]:
+        with self.lock:
+            return self.topics, dict(self.have)
+
+    def close(self) -> None:
+        pass
+
+
+def test_results_settle_when_every_position_is_reached_and_not_before() -> None:
+    tracker = ProjectionTracker(Settings(), "orders", poll_s=0.001)
+    fake = FakeWaiter()
+    tracker._waiter = fake  # type: ignore[assignment]
+    try:
+        t0 = time.monotonic()
+        tracker.follow([("ev.order", 0, 10)], t0)
+        tracker.follow([("ev.order", 0, 5), ("ev.account", 1, 7)], t0)
+        tracker.follow([("ev.order", 1, 3), ("other.topic", 0, 99)], t0)  # a topic it does not read
+        tracker.follow([("ev.order", 0, 12)], t0)
+        assert tracker.pending == 4
+        with fake.lock:
+            fake.have = {("ev.order", 0): 10, ("ev.order", 1): 3}
+        eventually(lambda: tracker.pending == 2, timeout=10, what="two results visible")
+        # The second waits for its account position; the fourth for offset 12.
+        with fake.lock:
+            fake.have[("ev.account", 1)] = 7
+        eventually(lambda: tracker.pending == 1, timeout=10, what="the second visible")
+        assert len(tracker.latencies_ms) == 3
+        with fake.lock:
+            fake.have[("ev.order", 0)] = 12
+        assert tracker.drain(10) == 0
+        assert len(tracker.latencies_ms) == 4
+    finally:
+        tracker.close()
