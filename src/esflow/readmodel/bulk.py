@@ -18,7 +18,15 @@ import sqlalchemy as sa
 from psycopg import sql
 from sqlalchemy.dialects import postgresql
 
-UpsertMethod = Literal["copy", "unnest"]
+UpsertMethod = Literal["copy", "unnest", "auto"]
+"""How :func:`upsert` ships rows: COPY into a staging table (four round trips, fastest for many rows),
+one ``INSERT … SELECT FROM unnest(arrays)`` (one round trip), or ``auto``: unnest up to
+:data:`UNNEST_MAX_ROWS` rows, COPY beyond."""
+
+UNNEST_MAX_ROWS = 200
+"""Where ``auto`` switches to COPY. A live batch of a few events is one statement instead of CREATE
+TEMP … IF NOT EXISTS, COPY, INSERT … SELECT and a TRUNCATE (a new file for the temp table each time);
+the bulk paths (rebuilds, catch-up) apply thousands of rows a batch and keep COPY."""
 
 _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
 
@@ -81,6 +89,8 @@ def upsert(
     """
     if not rows:
         return
+    if method == "auto":
+        method = "unnest" if len(rows) <= UNNEST_MAX_ROWS else "copy"
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     on_conflict = _conflict_clause(conflict, update)
     raw = driver_connection(conn)
