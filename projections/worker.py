@@ -147,7 +147,11 @@ def run(names: str | Sequence[str], settings: Settings, pinned: int | None = Non
         log.warning("stopped during the bulk catch-up; the next start resumes from the checkpoints")
         return
     where = layout(settings)
-    engines = {name: create_engine(settings.postgres, v.schema) for name, v in served.items()}
+    engines = {
+        # Every batch is retried on a dropped connection (BatchApplier): no ping per checkout.
+        name: create_engine(settings.postgres, v.schema, pre_ping=False)
+        for name, v in served.items()
+    }
     base = base_engine(settings)
     members = [fanout.Member(registry.get(name), ProjectionStore(engines[name])) for name in chosen]
     restart: list[str] = []

@@ -28,12 +28,18 @@ from esflow.settings import PostgresSettings
 ISOLATION_LEVEL = "READ COMMITTED"
 
 
-def create_engine(postgres: PostgresSettings, schema: str, *, pool_size: int = 2) -> sa.Engine:
-    """An engine whose connections use ``schema`` first and READ COMMITTED isolation."""
+def create_engine(
+    postgres: PostgresSettings, schema: str, *, pool_size: int = 2, pre_ping: bool = True
+) -> sa.Engine:
+    """An engine whose connections use ``schema`` first and READ COMMITTED isolation.
+
+    ``pre_ping=False`` saves a round trip on every checkout, for callers that retry a failed
+    transaction anyway (the live appliers: a connection that went stale is then one retried batch).
+    """
     return sa.create_engine(
         postgres.database_url,
         isolation_level=ISOLATION_LEVEL,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_size=pool_size,
         max_overflow=2,
         connect_args={"options": f"-c search_path={schema},public", "connect_timeout": 5},
