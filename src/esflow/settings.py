@@ -205,11 +205,12 @@ class ProcessorSettings(BaseSettings):
         5, ge=0, description="After a batch's first command, how long to wait for more before committing."
     )
     batch_interval_ms: int = Field(
-        50,
+        0,
         ge=0,
         description="Under load, transactions begin at most this often: a batch whose previous transaction "
         "began less than this ago lingers until then (an idle processor still answers a lone command after "
-        "batch_linger_ms). Fewer, larger transactions cost the broker and every consumer much less.",
+        "batch_linger_ms). Off (0) by default: with 50, a rebalance during the longer linger answered a "
+        "command twice in the rebalance e2e tests (not fixed yet).",
     )
     idempotency_window: int = Field(
         32, ge=1, description="Most recent command ids (with results) kept per aggregate in its snapshot."
