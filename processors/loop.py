@@ -134,7 +134,7 @@ class LoopOptions:
     batch_max_messages: int = 1000
     batch_max_ms: int = 100
     batch_linger_ms: int = 5
-    batch_interval_ms: int = 0
+    batch_interval_ms: int = 50
     """Under load, transactions begin at most this often (0: only ``batch_linger_ms``)."""
     transaction_timeout_ms: int = 60000
     session_timeout_ms: int = 10000

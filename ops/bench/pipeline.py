@@ -15,6 +15,10 @@ projection) as children:
    from when a command was due, :mod:`producers.loadgen`): command->result p50/p99, and command->visible in
    ``--projection`` (default ``orders``) p50/p99. Each phase starts only once every projection has
    applied the previous one, so no phase measures another's backlog;
+
+   after the sustained phase and each latency phase, the CPU each part used meanwhile (% of one core:
+   processor, projector, broker, Postgres, this process with the load generator) and the whole box's,
+   so a missed latency shows whether the box was saturated and who took it;
 4. **floor**: Kafka's own end-to-end latency in the same run (``org.apache.kafka.tools.EndToEndLatency``
    from the kafka-tools jar the stack caches: one record produced with acks=all, then consumed, at a
    time; not transactional, the tool has no such mode), on a topic of its own.
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -47,6 +52,8 @@ from esflow.query.consistency import ConsistencyToken, ProjectionWaiter
 from esflow.readmodel import versions
 from esflow.readmodel.store import create_engine
 from esflow.settings import Settings, StackSettings
+from ops.stack.manager import Stack
+from ops.stack.proc import tree_cpu_seconds
 from producers import loadgen
 from producers.workload import Planned
 from projections.registry import PROJECTIONS, get
@@ -59,6 +66,53 @@ def _percentiles(values: list[float]) -> str:
     if not ordered:
         return "no samples"
     return f"p50 {loadgen.percentile(ordered, 50):,.0f} ms, p99 {loadgen.percentile(ordered, 99):,.0f} ms"
+
+
+def _box_busy_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = ticks[3] + ticks[4]
+    total = sum(ticks[:8])
+    tick = os.sysconf("SC_CLK_TCK")
+    return (total - idle) / tick, total / tick
+
+
+class CpuMeter:
+    """CPU used by each part of the pipeline over one phase, in % of one core.
+
+    Processor and projector are the children with their descendants; broker and Postgres the stack's
+    server processes with theirs (a disconnected backend's time counts: the kernel adds it to its
+    parent's); ``bench`` is this process, the load generator and its result/visibility pollers.
+    """
+
+    def __init__(self, children: dict[str, int]) -> None:
+        status = Stack(StackSettings()).status()
+        self.pids: dict[str, list[int]] = {name: [pid] for name, pid in children.items()}
+        self.pids["broker"] = [n.pid for n in status.kafka_nodes if n.pid]
+        self.pids["postgres"] = [status.postgres.pid] if status.postgres.pid else []
+        self._start: tuple[float, dict[str, float], tuple[float, float]] | None = None
+
+    def _sample(self) -> dict[str, float]:
+        used = {name: sum(tree_cpu_seconds(pid) for pid in pids) for name, pids in self.pids.items()}
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        used["bench"] = own.ru_utime + own.ru_stime
+        return used
+
+    def start(self) -> None:
+        """Begin a phase."""
+        self._start = (time.monotonic(), self._sample(), _box_busy_s())
+
+    def line(self) -> str:
+        """The phase's CPU line: each part, then the whole box (busy of available)."""
+        assert self._start is not None, "start() first"
+        t0, before, (busy0, total0) = self._start
+        wall = time.monotonic() - t0
+        after = self._sample()
+        busy1, total1 = _box_busy_s()
+        parts = ", ".join(f"{name} {100 * (after[name] - before[name]) / wall:.0f}" for name in after)
+        cores = os.cpu_count() or 1
+        box = 100 * cores * (busy1 - busy0) / max(total1 - total0, 1e-9)
+        return f"  cpu, % of one core: {parts}; whole box {box:.0f} of {100 * cores}"
 
 
 class Pipeline:
@@ -194,6 +248,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=20, help="length of each latency phase")
     ap.add_argument("--projection", default="orders", choices=list(PROJECTIONS), help="command->visible in")
     ap.add_argument("--partitions", type=int, default=None, help="default: ESFLOW_TOPIC_PARTITIONS")
+    ap.add_argument(
+        "--fractions",
+        type=lambda text: [float(f) for f in text.split(",")],
+        default=list(FRACTIONS),
+        help="latency phases as fractions of the sustained rate, comma-separated (default 0.25,0.5,0.75)",
+    )
     ap.add_argument("--floor-records", type=int, default=2000)
     ap.add_argument(
         "--processes", action="store_true", help="one process per projection (projector run --processes)"
@@ -218,7 +278,9 @@ def main(argv: list[str] | None = None) -> None:
                 pipeline.caught_up(token)
                 print(f"preload: {args.preload:,} commands applied by every projection in "
                       f"{time.monotonic() - t0:.1f}s")  # fmt: skip
+            cpu = CpuMeter({"processor": pipeline.children[0].pid, "projector": pipeline.children[1].pid})
             plans = loadgen.generate(args.commands, reject_share=0.05, seed=next(seed))
+            cpu.start()
             t0 = time.monotonic()
             report, token = pipeline.run(plans, None)
             results_s = time.monotonic() - t0
@@ -229,12 +291,15 @@ def main(argv: list[str] | None = None) -> None:
                 f"sustained: {sustained:,.0f} commands/s with every projection caught up "
                 f"({args.commands:,} in {total_s:.1f}s; results alone {args.commands / results_s:,.0f}/s)"
             )
-            for fraction in FRACTIONS:
+            print(cpu.line())
+            for fraction in args.fractions:
                 rate = sustained * fraction
                 plans = loadgen.generate(
                     max(1, round(rate * args.seconds)), reject_share=0.05, seed=next(seed)
                 )
+                cpu.start()
                 report, token = pipeline.run(plans, rate, projection=args.projection)
+                load_cpu = cpu.line()
                 pipeline.caught_up(token)
                 print(
                     f"at {fraction:.0%} ({rate:,.0f}/s): "
@@ -242,6 +307,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"command->visible in {args.projection} {_percentiles(report.projection_latency_ms)}"
                     + (f"; {len(report.unexpected)} unexpected outcomes" if report.unexpected else "")
                 )
+                print(load_cpu)
         finally:
             pipeline.stop()
         print(f"floor, Kafka EndToEndLatency ({args.floor_records:,} records, acks=all, 200 B): "

@@ -40,19 +40,9 @@ from esflow.messaging.kafka import admin_client, consumer_config, producer_confi
 from esflow.settings import KafkaSettings, TopicSettings
 from ops.bench.commands import CODEC, Bench, _deposit, _envelope, _produce, bench_topics, preload
 from ops.stack.manager import Stack
-from ops.stack.proc import wait_until
+from ops.stack.proc import cpu_seconds, wait_until
 
 ESFLOW = str(Path(sys.executable).parent / "esflow")
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a live process (0 when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def own_cpu() -> float:

@@ -205,12 +205,11 @@ class ProcessorSettings(BaseSettings):
         5, ge=0, description="After a batch's first command, how long to wait for more before committing."
     )
     batch_interval_ms: int = Field(
-        0,
+        50,
         ge=0,
         description="Under load, transactions begin at most this often: a batch whose previous transaction "
         "began less than this ago lingers until then (an idle processor still answers a lone command after "
-        "batch_linger_ms). Off (0) by default: with 50, a rebalance during the longer linger answered a "
-        "command twice in the rebalance e2e tests (not fixed yet).",
+        "batch_linger_ms); 0: only batch_linger_ms.",
     )
     idempotency_window: int = Field(
         32, ge=1, description="Most recent command ids (with results) kept per aggregate in its snapshot."
