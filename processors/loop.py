@@ -270,12 +270,14 @@ class TransactionalLoop:
             self._producer = None
         self.metrics.ready = False
 
-    def run(self) -> None:
-        """Start, turn until :meth:`stop`, then close."""
+    def run(self, between_turns: Callable[[int], None] | None = None) -> None:
+        """Start, turn until :meth:`stop`, then close; ``between_turns(messages)`` after each turn."""
         self.start()
         try:
             while not self._stop.is_set():
-                self.run_once()
+                handled = self.run_once()
+                if between_turns is not None:
+                    between_turns(handled)
         finally:
             self.close()
 

@@ -57,3 +57,66 @@ def paused() -> Iterator[None]:
             _depth -= 1
             if _depth == 0 and _was_enabled:
                 gc.enable()
+
+
+class SurvivorFreezer:
+    """Collection between turns for a process whose survivors are a large, growing, acyclic cache.
+
+    The command processor keeps every aggregate of its partitions in memory, and every command replaces
+    one record with a new one: the young generation fills with objects that all survive, and each older
+    generation's collection traverses everything promoted since the last one. With 100k aggregates a
+    middle-generation pass took 386 ms of the processor's only thread (a command->result spike of half
+    a second at 800 commands/s), and the pass grows with the data. The records are immutable and hold
+    no cycles: reference counting frees the replaced ones, and a cycle among them can only come from a
+    bug. So:
+
+    - automatic collection is off; :meth:`turn` collects the young generation between turns once it
+      holds ``young_threshold`` objects, and freezes what survived, so no pass sees it again (each
+      object is traversed about once either way: a smaller threshold only makes the pauses shorter,
+      about 5 ms for 10,000 objects here, against 20-50 ms for 50,000);
+    - what the freezing may hide (a cycle that became garbage after it was frozen) is found by a full
+      collection of everything, run on an idle turn once the frozen objects have doubled since the last
+      one, and on any turn once they grew ``force_growth`` times (so a never-idle process still does).
+    """
+
+    def __init__(
+        self,
+        young_threshold: int = 10_000,
+        *,
+        idle_growth: float = 2.0,
+        force_growth: float = 8.0,
+        floor: int = 100_000,
+    ) -> None:
+        self.young_threshold = young_threshold
+        self.idle_growth = idle_growth
+        self.force_growth = force_growth
+        self.floor = floor
+        """No full collection while fewer objects than this are frozen."""
+        self._after_full = 0
+        self._frozen = 0
+        """Objects frozen, counted here: ``gc.get_freeze_count()`` walks the whole frozen list."""
+        self.full_collections = 0
+
+    def start(self) -> None:
+        """Collect everything, freeze it and switch automatic collection off (call once, after start-up)."""
+        gc.disable()
+        self._full()
+        self.full_collections = 0
+
+    def _full(self) -> None:
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        self._frozen = self._after_full = gc.get_freeze_count()
+        self.full_collections += 1
+
+    def turn(self, idle: bool) -> None:
+        """Between two turns: collect the young generation when due; a full collection when due."""
+        if gc.get_count()[0] >= self.young_threshold:
+            gc.collect(0)
+            # The survivors are in the middle generation now (the older ones are empty: all frozen).
+            self._frozen += len(gc.get_objects(1))
+            gc.freeze()
+        base = max(self.floor, self._after_full)
+        if self._frozen > base * self.force_growth or (idle and self._frozen > base * self.idle_growth):
+            self._full()
