@@ -20,7 +20,8 @@ Every figure is measured in this run, on fresh topics and a fresh schema (both r
 - ``upsert copy`` vs ``upsert unnest``: the ``orders`` projection (load, fold, upsert) in-process with
   each bulk method (the choice of ``esflow.readmodel.bulk``'s default).
 
-Targets (issue 5): worker >= 20,000 events/s and >= 50% of the COPY baseline.
+Targets (issue 5): worker >= 20,000 events/s and >= 50% of the COPY baseline; (issue 16) the worker
+>= 70% of the faust ceiling, whatever the projection.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ from projections.event_log import EventLogProjection, event_log
 
 TARGET_RATE = 20_000
 TARGET_SHARE = 0.5
+CEILING_SHARE = 0.7
 AGGREGATES = AGGREGATE_TYPES
 
 
@@ -355,10 +357,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"faust ceiling (no-op projection, 1 process):      {noop:>10,.0f} events/s")
     worker, timed = bench_worker(kafka, pg, envelopes, args.projection, args.batch, args.partitions)
     print(f"worker ({args.projection}, 1 process, {timed} events timed): {worker:>10,.0f} events/s")
-    share = worker / baseline if args.projection == "event_log" else float("nan")
+    # The baseline copies event_log's rows: a share of it means something for that projection only.
+    share = (
+        f"{worker / baseline:.0%} (target >= {TARGET_SHARE:.0%})"
+        if args.projection == "event_log"
+        else "n/a (the baseline copies event_log rows; --projection event_log)"
+    )
     print(
-        f"worker / copy baseline: {share:.0%} (target >= {TARGET_SHARE:.0%}); "
+        f"worker / copy baseline: {share}; "
         f"worker target >= {TARGET_RATE:,} events/s: {'met' if worker >= TARGET_RATE else 'NOT met'}"
+    )
+    print(
+        f"worker / faust ceiling: {worker / noop:.0%} "
+        f"(issue 16: the live tail >= {CEILING_SHARE:.0%} of Faust's no-op ceiling)"
     )
     return 0
 
