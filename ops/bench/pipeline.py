@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import resource
 import signal
 import subprocess
 import sys
@@ -53,7 +52,7 @@ from esflow.readmodel import versions
 from esflow.readmodel.store import create_engine
 from esflow.settings import Settings, StackSettings
 from ops.stack.manager import Stack
-from ops.stack.proc import tree_cpu_seconds
+from ops.stack.proc import own_cpu, tree_cpu_seconds
 from producers import loadgen
 from producers.workload import Planned
 from projections.registry import PROJECTIONS, get
@@ -94,8 +93,7 @@ class CpuMeter:
 
     def _sample(self) -> dict[str, float]:
         used = {name: sum(tree_cpu_seconds(pid) for pid in pids) for name, pids in self.pids.items()}
-        own = resource.getrusage(resource.RUSAGE_SELF)
-        used["bench"] = own.ru_utime + own.ru_stime
+        used["bench"] = own_cpu()
         return used
 
     def start(self) -> None:

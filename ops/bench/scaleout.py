@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -40,15 +39,9 @@ from esflow.messaging.kafka import admin_client, consumer_config, producer_confi
 from esflow.settings import KafkaSettings, TopicSettings
 from ops.bench.commands import CODEC, Bench, _deposit, _envelope, _produce, bench_topics, preload
 from ops.stack.manager import Stack
-from ops.stack.proc import cpu_seconds, wait_until
+from ops.stack.proc import cpu_seconds, own_cpu, wait_until
 
 ESFLOW = str(Path(sys.executable).parent / "esflow")
-
-
-def own_cpu() -> float:
-    """CPU seconds of this process (writer, reader)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 class Instances:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -73,11 +74,11 @@ def process_cmdline(pid: int) -> str | None:
     """The command line of a live process, or None when it is gone (or a zombie)."""
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    # State is the field after the parenthesised command name; Z means it exited and awaits reaping.
-    if stat.rpartition(")")[2].split()[0] == "Z":
+    stat = _stat_fields(pid)
+    # Z means it exited and awaits reaping.
+    if stat is None or stat[0] == "Z":
         return None
     return raw.replace(b"\0", b" ").decode(errors="replace")
 
@@ -85,13 +86,24 @@ def process_cmdline(pid: int) -> str | None:
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the parenthesised command name (state first), or None."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a live process (0 when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
+    fields = _stat_fields(pid)
+    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / TICK
+
+
+def own_cpu() -> float:
+    """User + system CPU seconds of this process, all its threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -100,23 +112,19 @@ def tree_cpu_seconds(pid: int) -> float:
     The kernel adds a reaped child's time to its parent's cutime/cstime, so short-lived children (a
     Postgres backend that disconnected) still count; live descendants are added from their own stat.
     """
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int(entry.joinpath("stat").read_text().rpartition(")")[2].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            parents.setdefault(ppid, []).append(int(entry.name))
+    stats = {int(e.name): _stat_fields(int(e.name)) for e in Path("/proc").iterdir() if e.name.isdigit()}
+    children: dict[int, list[int]] = {}
+    for child, fields in stats.items():
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(child)
     total, todo = 0.0, [pid]
     while todo:
         current = todo.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        total += sum(int(f) for f in fields[11:15]) / TICK
-        todo.extend(parents.get(current, []))
+        fields = stats.get(current)
+        if fields is not None:
+            # utime, stime, cutime, cstime
+            total += sum(int(f) for f in fields[11:15]) / TICK
+            todo.extend(children.get(current, []))
     return total
 
 

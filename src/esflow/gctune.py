@@ -96,19 +96,18 @@ class SurvivorFreezer:
         self._frozen = 0
         """Objects frozen, counted here: ``gc.get_freeze_count()`` walks the whole frozen list."""
         self.full_collections = 0
+        """Full collections :meth:`turn` ran (the one of :meth:`start` not counted)."""
 
     def start(self) -> None:
         """Collect everything, freeze it and switch automatic collection off (call once, after start-up)."""
         gc.disable()
         self._full()
-        self.full_collections = 0
 
     def _full(self) -> None:
         gc.unfreeze()
         gc.collect()
         gc.freeze()
         self._frozen = self._after_full = gc.get_freeze_count()
-        self.full_collections += 1
 
     def turn(self, idle: bool) -> None:
         """Between two turns: collect the young generation when due; a full collection when due."""
@@ -120,3 +119,4 @@ class SurvivorFreezer:
         base = max(self.floor, self._after_full)
         if self._frozen > base * self.force_growth or (idle and self._frozen > base * self.idle_growth):
             self._full()
+            self.full_collections += 1

@@ -31,10 +31,17 @@ def collector() -> Iterator[SurvivorFreezer]:
             gc.enable()
 
 
-def _cycle() -> weakref.ref[Node]:
+def _held_cycle() -> tuple[list[Node], weakref.ref[Node]]:
+    """A two-node cycle, alive while the returned list is, and a weak reference into it."""
     a, b = Node(), Node()
     a.other, b.other = b, a
-    return weakref.ref(a)
+    return [a, b], weakref.ref(a)
+
+
+def _cycle() -> weakref.ref[Node]:
+    """A two-node cycle that is garbage already (only the collector can free it)."""
+    _, ref = _held_cycle()
+    return ref
 
 
 def test_start_switches_automatic_collection_off(collector: SurvivorFreezer) -> None:
@@ -70,12 +77,10 @@ def test_young_garbage_cycles_are_collected_at_the_turn(collector: SurvivorFreez
 def test_a_cycle_that_died_after_it_was_frozen_goes_at_the_next_idle_full_collection(
     collector: SurvivorFreezer,
 ) -> None:
-    a, b = Node(), Node()
-    a.other, b.other = b, a
-    watched = weakref.ref(a)
+    held, watched = _held_cycle()
     grown = [Node() for _ in range(gc.get_freeze_count() * 2)]
     collector.turn(idle=False)  # young collection: the cycle is alive, it is frozen with the rest
-    del a, b
+    del held
     collector.turn(idle=False)
     assert watched() is not None, "a busy turn below force_growth runs no full collection"
     collector.turn(idle=True)
@@ -87,11 +92,9 @@ def test_a_cycle_that_died_after_it_was_frozen_goes_at_the_next_idle_full_collec
 def test_a_never_idle_process_still_collects_fully_once_the_frozen_set_grew_enough(
     collector: SurvivorFreezer,
 ) -> None:
-    a, b = Node(), Node()
-    a.other, b.other = b, a
-    watched = weakref.ref(a)
+    held, watched = _held_cycle()
     collector.turn(idle=False)
-    del a, b
+    del held
     grown = [Node() for _ in range(int(gc.get_freeze_count() * collector.force_growth) + 1000)]
     collector.turn(idle=False)
     assert watched() is None
