@@ -79,8 +79,17 @@ class ProjectionStore:
         return {(t, p): o for t, p, o in rows if wanted is None or (t, p) in wanted}
 
     def _lock_checkpoints(self, conn: sa.Connection, projection: str, tps: Sequence[TP]) -> dict[TP, int]:
-        # Insert missing rows first so FOR UPDATE has something to lock; sorted order avoids deadlocks
-        # between two workers of one projection during a rebalance.
+        params = {"projection": projection, "topics": [t for t, _ in tps], "parts": [p for _, p in tps]}
+        # Every partition but a projection's first batches already has its row: lock them in one round
+        # trip (a live batch is a handful of round trips per projection, each a wake-up of Postgres and of
+        # this thread on a busy box). Sorted order avoids deadlocks between two workers of one projection
+        # during a rebalance.
+        done = self._locked(conn, params)
+        if len(done) == len(tps):
+            return done
+        # Insert the missing rows so FOR UPDATE has something to lock. A deadlock with another worker
+        # doing the same (it holds a row locked above and waits on one inserted here) is detected by
+        # Postgres and retried by the applier as transient.
         conn.execute(
             sa.text(
                 'INSERT INTO projection_checkpoints (projection, topic, partition, "offset") '
@@ -88,8 +97,12 @@ class ProjectionStore:
                 "FROM unnest(CAST(:topics AS text[]), CAST(:parts AS int[])) AS u(t, p) "
                 "ON CONFLICT DO NOTHING"
             ),
-            {"projection": projection, "topics": [t for t, _ in tps], "parts": [p for _, p in tps]},
+            params,
         )
+        return self._locked(conn, params)
+
+    @staticmethod
+    def _locked(conn: sa.Connection, params: Mapping[str, Any]) -> dict[TP, int]:
         rows = conn.execute(
             sa.text(
                 'SELECT topic, partition, "offset" FROM projection_checkpoints '
@@ -97,7 +110,7 @@ class ProjectionStore:
                 "(SELECT * FROM unnest(CAST(:topics AS text[]), CAST(:parts AS int[]))) "
                 "ORDER BY topic, partition FOR UPDATE"
             ),
-            {"projection": projection, "topics": [t for t, _ in tps], "parts": [p for _, p in tps]},
+            params,
         ).all()
         return {(t, p): o for t, p, o in rows}
 

@@ -116,6 +116,37 @@ def test_redelivered_batches_are_skipped(engine: sa.Engine) -> None:
     assert checkpoints == last
 
 
+def test_a_batch_locks_its_checkpoints_in_one_statement_once_they_exist(engine: sa.Engine) -> None:
+    """The first batch of a partition creates its checkpoint row; later ones only lock it (one round trip)."""
+    raws = _raws(90, partitions=3)
+    by_partition = {p: [r for r in raws if r.partition == p] for p in range(3)}
+    applier = _applier(engine, EventLogProjection())
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if "projection_checkpoints" in statement and "projection_status" not in statement:
+            statements.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        applier.process(by_partition[0][:10])
+        assert len(statements) == 3  # looked, created the row, locked it
+        statements.clear()
+        applier.process(by_partition[0][10:])
+        assert len(statements) == 1 and "FOR UPDATE" in statements[0]
+        statements.clear()
+        # A partition seen for the first time beside one that has its row: created, then both locked.
+        applier.process(by_partition[1] + by_partition[2][:5])
+        assert len(statements) == 3
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+    applier.process(by_partition[2])  # the first five again (skipped), then the rest
+    assert _count(engine, "SELECT count(*) FROM event_log") == 90
+    assert ProjectionStore(engine).checkpoints("event_log") == {
+        (TOPIC, p): by_partition[p][-1].offset for p in range(3)
+    }
+
+
 def test_bad_input_goes_to_dead_letters_and_processing_goes_on(engine: sa.Engine) -> None:
     raws = _raws(20, partitions=1)
     product_event = next(e for e in Workload(seed=1).events(10) if e.metadata.aggregate_type == "product")
