@@ -97,11 +97,23 @@ class SurvivorFreezer:
         """Objects frozen, counted here: ``gc.get_freeze_count()`` walks the whole frozen list."""
         self.full_collections = 0
         """Full collections :meth:`turn` ran (the one of :meth:`start` not counted)."""
+        self._was_enabled = True
 
     def start(self) -> None:
         """Collect everything, freeze it and switch automatic collection off (call once, after start-up)."""
+        self._was_enabled = gc.isenabled()
         gc.disable()
         self._full()
+
+    def stop(self) -> None:
+        """Hand collection back: unfreeze, and switch automatic collection on if :meth:`start` found it on.
+
+        For a caller that uses the freezer for a while inside a longer-lived process (the load
+        generator inside a benchmark or a test); the objects go back to the oldest generation.
+        """
+        gc.unfreeze()
+        if self._was_enabled:
+            gc.enable()
 
     def _full(self) -> None:
         gc.unfreeze()

@@ -100,3 +100,25 @@ def test_a_never_idle_process_still_collects_fully_once_the_frozen_set_grew_enou
     assert watched() is None
     assert collector.full_collections == 1
     assert grown
+
+
+def test_stop_hands_collection_back_as_start_found_it() -> None:
+    was = gc.isenabled()
+    gc.enable()
+    try:
+        freezer = SurvivorFreezer(young_threshold=1000, floor=1000)
+        freezer.start()
+        assert not gc.isenabled() and gc.get_freeze_count() > 0
+        freezer.stop()
+        assert gc.isenabled() and gc.get_freeze_count() == 0
+        gc.disable()
+        freezer = SurvivorFreezer(young_threshold=1000, floor=1000)
+        freezer.start()
+        freezer.stop()
+        assert not gc.isenabled()  # it was off: stays off
+    finally:
+        gc.unfreeze()
+        if was:
+            gc.enable()
+        else:
+            gc.disable()
