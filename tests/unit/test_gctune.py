@@ -20,15 +20,12 @@ class Node:
 
 @pytest.fixture
 def collector() -> Iterator[SurvivorFreezer]:
-    was = gc.isenabled()
     freezer = SurvivorFreezer(young_threshold=1000, floor=1000)
     freezer.start()
     try:
         yield freezer
     finally:
-        gc.unfreeze()
-        if was:
-            gc.enable()
+        freezer.stop()
 
 
 def _held_cycle() -> tuple[list[Node], weakref.ref[Node]]:
