@@ -1,6 +1,7 @@
 """The whole pipeline as the README runs it: sustained rate, then latencies at 25/50/75 % of it.
 
     .venv/bin/python -m ops.bench.pipeline [--preload 20000] [--commands 20000] [--seconds 20] [--processes]
+        [--fractions 0.25,0.5,0.75 | --rates 750,1500]
 
 Against the running local stack (``esflow stack up``), on fresh prefixed topics and a fresh
 installation (both removed afterwards), with ``esflow processor run`` and ``esflow projector run`` (every
@@ -252,6 +253,13 @@ def main(argv: list[str] | None = None) -> None:
         default=list(FRACTIONS),
         help="latency phases as fractions of the sustained rate, comma-separated (default 0.25,0.5,0.75)",
     )
+    ap.add_argument(
+        "--rates",
+        type=lambda text: [float(r) for r in text.split(",")],
+        default=None,
+        help="latency phases at these commands/s instead of fractions of the sustained rate (A/B runs "
+        "of two builds at the same load); with --commands 0 the sustained phase is skipped",
+    )
     ap.add_argument("--floor-records", type=int, default=2000)
     ap.add_argument(
         "--processes", action="store_true", help="one process per projection (projector run --processes)"
@@ -277,21 +285,29 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"preload: {args.preload:,} commands applied by every projection in "
                       f"{time.monotonic() - t0:.1f}s")  # fmt: skip
             cpu = CpuMeter({"processor": pipeline.children[0].pid, "projector": pipeline.children[1].pid})
-            plans = loadgen.generate(args.commands, reject_share=0.05, seed=next(seed))
-            cpu.start()
-            t0 = time.monotonic()
-            report, token = pipeline.run(plans, None)
-            results_s = time.monotonic() - t0
-            pipeline.caught_up(token)
-            total_s = time.monotonic() - t0
-            sustained = args.commands / total_s
-            print(
-                f"sustained: {sustained:,.0f} commands/s with every projection caught up "
-                f"({args.commands:,} in {total_s:.1f}s; results alone {args.commands / results_s:,.0f}/s)"
+            sustained = 0.0
+            if args.commands:
+                plans = loadgen.generate(args.commands, reject_share=0.05, seed=next(seed))
+                cpu.start()
+                t0 = time.monotonic()
+                report, token = pipeline.run(plans, None)
+                results_s = time.monotonic() - t0
+                pipeline.caught_up(token)
+                total_s = time.monotonic() - t0
+                sustained = args.commands / total_s
+                print(
+                    f"sustained: {sustained:,.0f} commands/s with every projection caught up "
+                    f"({args.commands:,} in {total_s:.1f}s; results alone {args.commands / results_s:,.0f}/s)"
+                )
+                print(cpu.line())
+            elif args.rates is None:
+                ap.error("--commands 0 needs --rates (there is no sustained rate to take fractions of)")
+            phases = (
+                [(rate, f"{rate:,.0f}/s") for rate in args.rates]
+                if args.rates is not None
+                else [(sustained * f, f"{f:.0%} ({sustained * f:,.0f}/s)") for f in args.fractions]
             )
-            print(cpu.line())
-            for fraction in args.fractions:
-                rate = sustained * fraction
+            for rate, label in phases:
                 plans = loadgen.generate(
                     max(1, round(rate * args.seconds)), reject_share=0.05, seed=next(seed)
                 )
@@ -300,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
                 load_cpu = cpu.line()
                 pipeline.caught_up(token)
                 print(
-                    f"at {fraction:.0%} ({rate:,.0f}/s): "
+                    f"at {label}: "
                     f"command->result {_percentiles(report.result_latency_ms)}; "
                     f"command->visible in {args.projection} {_percentiles(report.projection_latency_ms)}"
                     + (f"; {len(report.unexpected)} unexpected outcomes" if report.unexpected else "")
