@@ -13,6 +13,12 @@ checkpoint that proves a write visible lives in the same database as the rows, s
 be this query behind one more hop. The cost, SQL drivers, is paid only by code that waits: this module is
 the only part of the SDK that imports them, and an import-linter contract ("A command client loads no
 SQL") keeps ``esflow.client.sender`` from importing it.
+
+Waiting does not poll: the waiter LISTENs on :data:`~esflow.readmodel.store.CHECKPOINT_CHANNEL`, which
+every projection batch notifies at its commit, and reads the checkpoints again when the projection it
+waits for committed (LISTEN before the first read, so no commit between the read and the wait is
+missed). The notification is a hint; the answer is always the checkpoint rows, read afresh, and a
+fallback read every :data:`FALLBACK_S` covers workers that do not notify (older releases).
 """
 
 from __future__ import annotations
@@ -21,18 +27,24 @@ import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
+import sqlalchemy as sa
+
 from esflow.client.preflight import ServiceNotRunning
 from esflow.errors import ClientError, ResultTimeout, translated
 from esflow.messaging.results import CommandResult
 from esflow.messaging.topics import source_topic
 from esflow.readmodel import versions
-from esflow.readmodel.store import create_engine
+from esflow.readmodel.bulk import driver_connection
+from esflow.readmodel.store import CHECKPOINT_CHANNEL, create_engine
 from esflow.settings import Settings, load_settings
 
 TP = tuple[str, int]
 
 LIVE_TTL_S = 0.5
 """How long a waiter trusts its lookup of a projection's live version."""
+
+FALLBACK_S = 0.25
+"""Longest a waiter goes without reading the checkpoints while it waits (no notification came)."""
 
 
 @dataclass(frozen=True)
@@ -93,13 +105,53 @@ def lagging(
 
 
 class ProjectionWaiter:
-    """Polls a projection's checkpoints; one per process (it holds a small connection pool)."""
+    """Reads a projection's checkpoints and waits for them to move.
+
+    One per process, used by one thread at a time: it holds a small connection pool and one listening
+    connection.
+    """
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or load_settings()
         self._layout = versions.Layout(self.settings.projections.db_schema)
         self._engine = create_engine(self.settings.postgres, self._layout.base, pool_size=1)
         self._live: dict[str, tuple[float, versions.Version | None]] = {}
+        self._listener: sa.Connection | None = None
+
+    def listen(self) -> None:
+        """Start listening for committed batches (idempotent); call it before the read you wait past."""
+        if self._listener is not None:
+            return
+        conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            driver_connection(conn).execute(f"LISTEN {CHECKPOINT_CHANNEL}")
+        except BaseException:
+            conn.close()
+            raise
+        self._listener = conn
+
+    def changed(self, projection: str, timeout: float) -> bool:
+        """Block until a batch of ``projection`` commits or ``timeout`` passes; True when one did.
+
+        Every notification already received is consumed, so one call covers any number of commits.
+        Listening starts here if :meth:`listen` was not called (then the first call can only time out
+        or see commits after it).
+        """
+        self.listen()
+        assert self._listener is not None
+        raw = driver_connection(self._listener)
+        deadline = time.monotonic() + max(0.0, timeout)
+        seen = False
+        while True:
+            remaining = deadline - time.monotonic()
+            # timeout=0 drains what has arrived; once ours is seen, only that is left to do.
+            wait = 0.0 if seen or remaining <= 0 else remaining
+            got = False
+            for note in raw.notifies(timeout=wait, stop_after=1):
+                got = True
+                seen = seen or note.payload == projection
+            if not got and (seen or remaining <= 0):
+                return seen
 
     def checkpoints(self, projection: str) -> tuple[set[str], dict[TP, int]]:
         """The topics the live version reads, and its checkpoints (nothing when none is live yet)."""
@@ -129,13 +181,16 @@ class ProjectionWaiter:
         return lagging(token, topics, have)
 
     def wait(
-        self, token: ConsistencyToken, projection: str, *, timeout: float = 10.0, poll_s: float = 0.01
+        self, token: ConsistencyToken, projection: str, *, timeout: float = 10.0, poll_s: float = FALLBACK_S
     ) -> float:
         """Block until ``projection`` has applied every write in ``token``; returns the seconds waited.
 
-        Raises :class:`~esflow.errors.ResultTimeout` naming the lagging partitions.
+        Reads the checkpoints again whenever the projection commits a batch, and at least every
+        ``poll_s``. Raises :class:`~esflow.errors.ResultTimeout` naming the lagging partitions.
         """
         start = time.monotonic()
+        if token.positions:
+            self.listen()
         while True:
             lagging = self.behind(token, projection)
             if not lagging:
@@ -148,10 +203,13 @@ class ProjectionWaiter:
                     + ("(it has never read that partition)" if never else f"(at {have})"),
                     hint="is `esflow projector run` up, and does this projection read that topic?",
                 )
-            time.sleep(poll_s)
+            self.changed(projection, min(poll_s, max(0.0, start + timeout - time.monotonic())))
 
     def close(self) -> None:
-        """Release the connection pool."""
+        """Stop listening and release the connection pool."""
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         self._engine.dispose()
 
     def __enter__(self) -> ProjectionWaiter:

@@ -11,14 +11,32 @@ from tests.support.wait import eventually
 
 
 class FakeWaiter:
-    """The projection's checkpoints, moved by the test."""
+    """The projection's checkpoints, moved by the test, which notifies like a committed batch."""
 
     def __init__(self) -> None:
         self.topics = {"ev.order", "ev.account"}
         self.have: dict[tuple[str, int], int] = {}
         self.lock = threading.Lock()
+        self.committed = threading.Event()
+        self.listening = False
+
+    def listen(self) -> None:
+        self.listening = True
+
+    def commit(self, **moved: int) -> None:
+        with self.lock:
+            for where, offset in moved.items():
+                topic, partition = where.rsplit("_", 1)
+                self.have[(topic.replace("_", "."), int(partition))] = offset
+        self.committed.set()
+
+    def changed(self, _projection: str, timeout: float) -> bool:
+        seen = self.committed.wait(timeout)
+        self.committed.clear()
+        return seen
 
     def checkpoints(self, _projection: str) -> tuple[set[str], dict[tuple[str, int], int]]:
+        assert self.listening, "the tracker reads only once it listens (else it could miss a commit)"
         with self.lock:
             return self.topics, dict(self.have)
 
@@ -27,9 +45,8 @@ class FakeWaiter:
 
 
 def test_results_settle_when_every_position_is_reached_and_not_before() -> None:
-    tracker = ProjectionTracker(Settings(), "orders", poll_s=0.001)
     fake = FakeWaiter()
-    tracker._waiter = fake  # type: ignore[assignment]
+    tracker = ProjectionTracker(Settings(), "orders", fallback_s=0.2, waiter=fake)  # type: ignore[arg-type]
     try:
         t0 = time.monotonic()
         tracker.follow([("ev.order", 0, 10)], t0)
@@ -37,16 +54,13 @@ def test_results_settle_when_every_position_is_reached_and_not_before() -> None:
         tracker.follow([("ev.order", 1, 3), ("other.topic", 0, 99)], t0)  # a topic it does not read
         tracker.follow([("ev.order", 0, 12)], t0)
         assert tracker.pending == 4
-        with fake.lock:
-            fake.have = {("ev.order", 0): 10, ("ev.order", 1): 3}
+        fake.commit(ev_order_0=10, ev_order_1=3)
         eventually(lambda: tracker.pending == 2, timeout=10, what="two results visible")
         # The second waits for its account position; the fourth for offset 12.
-        with fake.lock:
-            fake.have[("ev.account", 1)] = 7
+        fake.commit(ev_account_1=7)
         eventually(lambda: tracker.pending == 1, timeout=10, what="the second visible")
         assert len(tracker.latencies_ms) == 3
-        with fake.lock:
-            fake.have[("ev.order", 0)] = 12
+        fake.commit(ev_order_0=12)
         assert tracker.drain(10) == 0
         assert len(tracker.latencies_ms) == 4
     finally:
