@@ -15,7 +15,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 
 from esflow.domain.messages import AGGREGATE_TYPES
-from esflow.readmodel.bulk import UpsertMethod, copy_rows
+from esflow.readmodel.bulk import UpsertMethod, insert_rows
 from esflow.readmodel.contract import Column, View, freshness
 from esflow.readmodel.migrations import ReadModelDDL
 from esflow.readmodel.model import ReadModel
@@ -179,8 +179,8 @@ class EventLogProjection:
         return type_name in self._known
 
     def apply(self, conn: sa.Connection, events: Events, *, method: UpsertMethod) -> None:
-        """COPY one row per event."""
-        copy_rows(conn, event_log, COLUMNS, self.rows(events))
+        """Insert one row per event (COPY for large batches)."""
+        insert_rows(conn, event_log, COLUMNS, self.rows(events), method=method)
 
     def rows(self, events: Events) -> list[tuple[Any, ...]]:
         """The event_log rows of ``events``, in ``COLUMNS`` order."""

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+import psycopg
 import sqlalchemy.exc as sa_exc
 import tenacity
 
@@ -59,9 +60,13 @@ def is_transient(exc: BaseException) -> bool:
         if exc.connection_invalidated:
             return True
         return type(exc.orig).__name__ in {"UndefinedTable", "AdminShutdown", "CannotConnectNow"}
-    module = type(exc).__module__ or ""
-    if module.startswith("psycopg"):
-        return type(exc).__name__ in {"OperationalError", "InterfaceError", "UndefinedTable", "AdminShutdown"}
+    if isinstance(exc, psycopg.Error):
+        # Raised by the statements the store and the upserts send on the psycopg connection itself:
+        # the same classes as above (deadlocks and serialization failures are OperationalErrors).
+        if isinstance(exc, psycopg.IntegrityError | psycopg.DataError):
+            return False
+        transient = psycopg.OperationalError | psycopg.InterfaceError | psycopg.errors.UndefinedTable
+        return isinstance(exc, transient)
     return isinstance(exc, ConnectionError | TimeoutError)
 
 

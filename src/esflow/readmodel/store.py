@@ -7,20 +7,31 @@ at or below them, writes the rest through the projection, and moves the checkpoi
 and a zombie worker that still holds a revoked partition waits on the row lock and then sees the newer
 checkpoint. Isolation is READ COMMITTED, set explicitly: the row lock, not snapshot isolation, is what
 serialises two writers of one partition, and the cross-partition read models use commutative upserts.
+
+Round trips. A live batch of one projection is a handful of statements, and on a busy box each round
+trip is a wake-up of a Postgres backend and of this thread, so a projector host's round (every
+projection in turn) is mostly these waits. The store therefore opens the transaction itself: ``BEGIN``
+travels with the checkpoint lock, and the progress statement with ``COMMIT``, each pair as one
+simple-protocol query (values bound client-side as literals by :mod:`psycopg.sql`), the connection in
+autocommit so that psycopg sends no ``BEGIN`` of its own. A fold projection's batch is then four round
+trips (lock, load, upsert, progress+commit) where it was six.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
+from psycopg import sql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from esflow.readmodel.bulk import UpsertMethod
+from esflow.readmodel.bulk import UpsertMethod, driver_connection
 from esflow.readmodel.projection import TP, Decoded, Item, Projection, Rejected
 from esflow.readmodel.tables import checkpoints, dead_letters
 from esflow.settings import PostgresSettings
@@ -67,6 +78,19 @@ class BatchResult:
     """The checkpoints the batch committed."""
 
 
+@contextmanager
+def _rolled_back_on_error(conn: sa.Connection) -> Iterator[None]:
+    """Roll back the store's own transaction when the batch fails (psycopg does nothing when idle)."""
+    try:
+        yield
+    except BaseException:
+        raw = driver_connection(conn)
+        if raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE and not raw.closed:
+            with suppress(psycopg.Error):
+                raw.execute("ROLLBACK")
+        raise
+
+
 class ProjectionStore:
     """Applies batches for any projection against one database schema."""
 
@@ -84,41 +108,50 @@ class ProjectionStore:
             rows = conn.execute(query).all()
         return {(t, p): o for t, p, o in rows if wanted is None or (t, p) in wanted}
 
-    def _lock_checkpoints(self, conn: sa.Connection, projection: str, tps: Sequence[TP]) -> dict[TP, int]:
-        params = {"projection": projection, "topics": [t for t, _ in tps], "parts": [p for _, p in tps]}
-        # Every partition but a projection's first batches already has its row: lock them in one round
-        # trip (a live batch is a handful of round trips per projection, each a wake-up of Postgres and of
-        # this thread on a busy box). Sorted order avoids deadlocks between two workers of one projection
-        # during a rebalance.
-        done = self._locked(conn, params)
-        if len(done) == len(tps):
-            return done
-        # Insert the missing rows so FOR UPDATE has something to lock. A deadlock with another worker
-        # doing the same (it holds a row locked above and waits on one inserted here) is detected by
-        # Postgres and retried by the applier as transient.
-        conn.execute(
-            sa.text(
-                'INSERT INTO projection_checkpoints (projection, topic, partition, "offset") '
-                "SELECT :projection, t, p, -1 "
-                "FROM unnest(CAST(:topics AS text[]), CAST(:parts AS int[])) AS u(t, p) "
-                "ON CONFLICT DO NOTHING"
-            ),
-            params,
-        )
-        return self._locked(conn, params)
+    def _begin_and_lock(self, conn: sa.Connection, projection: str, tps: Sequence[TP]) -> dict[TP, int]:
+        """Open the batch's transaction and lock its checkpoint rows (creating missing ones)."""
+        raw = driver_connection(conn)
+        # Every partition but a projection's first batches already has its row: BEGIN and the lock go
+        # in one round trip. Sorted order avoids deadlocks between two workers of one projection during
+        # a rebalance.
+        with raw.cursor() as cur:
+            cur.execute(
+                sql.SQL("BEGIN ISOLATION LEVEL {}; {}").format(
+                    sql.SQL(ISOLATION_LEVEL), self._lock_statement(projection, tps)
+                ),
+                prepare=False,  # several statements: never a prepared statement
+            )
+            cur.nextset()
+            done: dict[TP, int] = {(t, p): o for t, p, o in cur.fetchall()}
+            if len(done) == len(tps):
+                return done
+            # Insert the missing rows so FOR UPDATE has something to lock. A deadlock with another worker
+            # doing the same (it holds a row locked above and waits on one inserted here) is detected by
+            # Postgres and retried by the applier as transient.
+            cur.execute(
+                sql.SQL(
+                    'INSERT INTO projection_checkpoints (projection, topic, partition, "offset") '
+                    "SELECT {}, t, p, -1 FROM unnest({}::text[], {}::int[]) AS u(t, p) "
+                    "ON CONFLICT DO NOTHING; {}"
+                ).format(
+                    sql.Literal(projection),
+                    sql.Literal([t for t, _ in tps]),
+                    sql.Literal([p for _, p in tps]),
+                    self._lock_statement(projection, tps),
+                ),
+                prepare=False,
+            )
+            cur.nextset()
+            return {(t, p): o for t, p, o in cur.fetchall()}
 
     @staticmethod
-    def _locked(conn: sa.Connection, params: Mapping[str, Any]) -> dict[TP, int]:
-        rows = conn.execute(
-            sa.text(
-                'SELECT topic, partition, "offset" FROM projection_checkpoints '
-                "WHERE projection = :projection AND (topic, partition) IN "
-                "(SELECT * FROM unnest(CAST(:topics AS text[]), CAST(:parts AS int[]))) "
-                "ORDER BY topic, partition FOR UPDATE"
-            ),
-            params,
-        ).all()
-        return {(t, p): o for t, p, o in rows}
+    def _lock_statement(projection: str, tps: Sequence[TP]) -> sql.Composed:
+        return sql.SQL(
+            'SELECT topic, partition, "offset" FROM projection_checkpoints '
+            "WHERE projection = {} AND (topic, partition) IN "
+            "(SELECT * FROM unnest({}::text[], {}::int[])) "
+            "ORDER BY topic, partition FOR UPDATE"
+        ).format(sql.Literal(projection), sql.Literal([t for t, _ in tps]), sql.Literal([p for _, p in tps]))
 
     def apply(
         self,
@@ -133,8 +166,11 @@ class ProjectionStore:
         tps = sorted({item.raw.tp for item in items})
         if not tps:
             return result
-        with self.engine.begin() as conn:
-            done = self._lock_checkpoints(conn, projection.name, tps)
+        with self.engine.connect() as conn, _rolled_back_on_error(conn):
+            # Autocommit: this method sends BEGIN and COMMIT itself (see the module docstring); every
+            # statement in between, the projection's too, runs inside that transaction.
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            done = self._begin_and_lock(conn, projection.name, tps)
             fresh: list[Item] = []
             cut: set[TP] = set()
             for item in items:
@@ -184,13 +220,18 @@ class ProjectionStore:
                 counts[tp] += 1
                 if isinstance(item, Decoded):
                     event_time[tp] = item.occurred_at
-            self._write_progress(conn, projection.name, last, counts, event_time, lag or {})
-            for tp, reason in result.halted.items():
-                self._write_halt(conn, projection.name, tp, reason, last.get(tp, done[tp]))
+            # After the progress (which clears a partition's halt flag), in the same round trip.
+            halts = [
+                self._halt_statement(projection.name, tp, reason, last.get(tp, done[tp]))
+                for tp, reason in result.halted.items()
+            ]
+            self._write_progress_and_commit(
+                conn, projection.name, last, counts, event_time, lag or {}, then=halts
+            )
             result.checkpoints = last
         return result
 
-    def _write_progress(
+    def _write_progress_and_commit(
         self,
         conn: sa.Connection,
         projection: str,
@@ -198,52 +239,63 @@ class ProjectionStore:
         counts: Mapping[TP, int],
         event_time: Mapping[TP, datetime],
         lag: Mapping[TP, int],
+        *,
+        then: Sequence[sql.Composable] = (),
     ) -> None:
-        if not last:
-            return
+        """Move the checkpoints and status rows, run ``then``, and COMMIT: one round trip."""
         tps = sorted(last)
+        statements = [
+            *([self._progress_statement(projection, tps, last, counts, event_time, lag)] if tps else []),
+            *then,
+        ]
+        statements.append(sql.SQL("COMMIT"))
+        driver_connection(conn).execute(sql.SQL("; ").join(statements), prepare=False)
+
+    @staticmethod
+    def _progress_statement(
+        projection: str,
+        tps: Sequence[TP],
+        last: Mapping[TP, int],
+        counts: Mapping[TP, int],
+        event_time: Mapping[TP, datetime],
+        lag: Mapping[TP, int],
+    ) -> sql.Composed:
         # One statement (a data-modifying CTE) for the checkpoints, the status rows and the
-        # notification: a live batch of a few events is several round trips for one projection, and
-        # this saves two of them. The volatile pg_notify keeps its CTE from being inlined (evaluated
-        # once; repeats would be merged into one notification anyway).
-        conn.execute(
-            sa.text(
-                "WITH u AS (SELECT * FROM unnest(CAST(:topics AS text[]), CAST(:parts AS int[]), "
-                "CAST(:offs AS bigint[]), CAST(:times AS timestamptz[]), CAST(:lags AS bigint[]), "
-                "CAST(:counts AS bigint[])) AS u(t, p, o, at, lag, n)), "
-                'moved AS (UPDATE projection_checkpoints AS c SET "offset" = u.o, updated_at = now() '
-                "FROM u WHERE c.projection = :projection AND c.topic = u.t AND c.partition = u.p), "
-                f"notified AS (SELECT pg_notify('{CHECKPOINT_CHANNEL}', :projection)) "
-                "INSERT INTO projection_status AS t "
-                "(projection, topic, partition, last_offset, last_event_at, lag, events_applied) "
-                "SELECT :projection, u.t, u.p, u.o, u.at, u.lag, u.n FROM u CROSS JOIN notified "
-                "ON CONFLICT (projection, topic, partition) DO UPDATE SET "
-                "last_offset = excluded.last_offset, "
-                "last_event_at = COALESCE(excluded.last_event_at, t.last_event_at), "
-                "lag = excluded.lag, events_applied = t.events_applied + excluded.events_applied, "
-                "updated_at = now(), halted = false, error = NULL"
-            ),
-            {
-                "projection": projection,
-                "topics": [t for t, _ in tps],
-                "parts": [p for _, p in tps],
-                "offs": [last[tp] for tp in tps],
-                "times": [event_time.get(tp) for tp in tps],
-                "lags": [lag.get(tp) for tp in tps],
-                "counts": [counts[tp] for tp in tps],
-            },
+        # notification, sent with the COMMIT. The volatile pg_notify keeps its CTE from being inlined
+        # (evaluated once; repeats would be merged into one notification anyway).
+        return sql.SQL(
+            "WITH u AS (SELECT * FROM unnest({topics}::text[], {parts}::int[], {offs}::bigint[], "
+            "{times}::timestamptz[], {lags}::bigint[], {counts}::bigint[]) AS u(t, p, o, at, lag, n)), "
+            'moved AS (UPDATE projection_checkpoints AS c SET "offset" = u.o, updated_at = now() '
+            "FROM u WHERE c.projection = {projection} AND c.topic = u.t AND c.partition = u.p), "
+            "notified AS (SELECT pg_notify({channel}, {projection})) "
+            "INSERT INTO projection_status AS t "
+            "(projection, topic, partition, last_offset, last_event_at, lag, events_applied) "
+            "SELECT {projection}, u.t, u.p, u.o, u.at, u.lag, u.n FROM u CROSS JOIN notified "
+            "ON CONFLICT (projection, topic, partition) DO UPDATE SET "
+            "last_offset = excluded.last_offset, "
+            "last_event_at = COALESCE(excluded.last_event_at, t.last_event_at), "
+            "lag = excluded.lag, events_applied = t.events_applied + excluded.events_applied, "
+            "updated_at = now(), halted = false, error = NULL"
+        ).format(
+            projection=sql.Literal(projection),
+            channel=sql.Literal(CHECKPOINT_CHANNEL),
+            topics=sql.Literal([t for t, _ in tps]),
+            parts=sql.Literal([p for _, p in tps]),
+            offs=sql.Literal([last[tp] for tp in tps]),
+            times=sql.Literal([event_time.get(tp) for tp in tps]),
+            lags=sql.Literal([lag.get(tp) for tp in tps]),
+            counts=sql.Literal([counts[tp] for tp in tps]),
         )
 
-    def _write_halt(self, conn: sa.Connection, projection: str, tp: TP, reason: str, offset: int) -> None:
-        conn.execute(
-            sa.text(
-                "INSERT INTO projection_status (projection, topic, partition, last_offset, halted, error) "
-                "VALUES (:projection, :topic, :partition, :offset, true, :error) "
-                "ON CONFLICT (projection, topic, partition) DO UPDATE SET halted = true, "
-                "error = excluded.error, updated_at = now()"
-            ),
-            {"projection": projection, "topic": tp[0], "partition": tp[1], "offset": offset, "error": reason},
-        )
+    @staticmethod
+    def _halt_statement(projection: str, tp: TP, reason: str, offset: int) -> sql.Composed:
+        return sql.SQL(
+            "INSERT INTO projection_status (projection, topic, partition, last_offset, halted, error) "
+            "VALUES ({}, {}, {}, {}, true, {}) "
+            "ON CONFLICT (projection, topic, partition) DO UPDATE SET halted = true, "
+            "error = excluded.error, updated_at = now()"
+        ).format(*(sql.Literal(v) for v in (projection, tp[0], tp[1], offset, reason)))
 
     def mark_halted(self, projection: str, tp: TP, reason: str) -> None:
         """Record in ``projection_status`` that a partition stopped, and why (its own transaction)."""
@@ -255,4 +307,6 @@ class ProjectionStore:
                     checkpoints.c.partition == tp[1],
                 )
             ).scalar()
-            self._write_halt(conn, projection, tp, reason, -1 if offset is None else offset)
+            driver_connection(conn).execute(
+                self._halt_statement(projection, tp, reason, -1 if offset is None else offset), prepare=False
+            )

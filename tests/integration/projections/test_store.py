@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from psycopg import pq
 
 from esflow.errors import MigrationError
 from esflow.messaging.codec import Codec
@@ -116,30 +120,67 @@ def test_redelivered_batches_are_skipped(engine: sa.Engine) -> None:
     assert checkpoints == last
 
 
-def test_a_batch_locks_its_checkpoints_in_one_statement_once_they_exist(engine: sa.Engine) -> None:
-    """The first batch of a partition creates its checkpoint row; later ones only lock it (one round trip)."""
+@contextmanager
+def _round_trips(engine: sa.Engine, tmp_path: Path) -> Iterator[list[list[str]]]:
+    """Per connection checkout, the messages that make the client wait for Postgres (libpq's trace).
+
+    A round trip ends in a simple ``Query``, an extended-protocol ``Sync`` or a ``CopyDone``.
+    """
+    checkouts: list[list[str]] = []
+    files: list[tuple[Any, Path]] = []
+
+    def out(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        path = tmp_path / f"trace-{len(files)}.txt"
+        handle = path.open("w")
+        files.append((handle, path))
+        dbapi_conn.pgconn.trace(handle.fileno())
+        dbapi_conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+
+    def back(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.pgconn.untrace()
+
+    sa.event.listen(engine, "checkout", out)
+    sa.event.listen(engine, "checkin", back)
+    try:
+        yield checkouts
+    finally:
+        sa.event.remove(engine, "checkout", out)
+        sa.event.remove(engine, "checkin", back)
+        for handle, path in files:
+            handle.close()
+            waits = []
+            for line in path.read_text().splitlines():
+                parts = line.split("\t")
+                if len(parts) > 2 and parts[0] == "F" and parts[2] in {"Query", "Sync", "CopyDone"}:
+                    waits.append(parts[2] + (" " + parts[3].strip()[:50] if parts[2] == "Query" else ""))
+            checkouts.append(waits)
+
+
+def test_a_live_batch_is_few_round_trips(engine: sa.Engine, tmp_path: Path) -> None:
+    """BEGIN goes with the checkpoint lock and the progress with COMMIT, one round trip each.
+
+    The first batch of a partition also creates its checkpoint row (one more).
+    """
     raws = _raws(90, partitions=3)
     by_partition = {p: [r for r in raws if r.partition == p] for p in range(3)}
     applier = _applier(engine, EventLogProjection())
-    statements: list[str] = []
-
-    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        if "projection_checkpoints" in statement and "projection_status" not in statement:
-            statements.append(statement)
-
-    sa.event.listen(engine, "before_cursor_execute", seen)
-    try:
+    with _round_trips(engine, tmp_path) as first:
         applier.process(by_partition[0][:10])
-        assert len(statements) == 3  # looked, created the row, locked it
-        statements.clear()
+    assert len(first) == 1 and len(first[0]) == 4, first  # begin+lock, insert+lock, rows, progress+commit
+    assert first[0][0].startswith('Query "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT')
+    with _round_trips(engine, tmp_path) as live:
         applier.process(by_partition[0][10:])
-        assert len(statements) == 1 and "FOR UPDATE" in statements[0]
-        statements.clear()
-        # A partition seen for the first time beside one that has its row: created, then both locked.
+    assert len(live) == 1 and len(live[0]) == 3, live  # begin+lock, rows, progress+commit
+    # A partition seen for the first time beside one that has its row: created, then both locked.
+    with _round_trips(engine, tmp_path) as mixed:
         applier.process(by_partition[1] + by_partition[2][:5])
-        assert len(statements) == 3
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", seen)
+    assert len(mixed[0]) == 4, mixed
+    # A fold projection reads its rows first: four.
+    orders = _applier(engine, OrdersProjection())
+    orders.process(by_partition[0][:5])
+    with _round_trips(engine, tmp_path) as folded:
+        orders.process(by_partition[0][5:])
+    assert len(folded[0]) == 4, folded
     applier.process(by_partition[2])  # the first five again (skipped), then the rest
     assert _count(engine, "SELECT count(*) FROM event_log") == 90
     assert ProjectionStore(engine).checkpoints("event_log") == {

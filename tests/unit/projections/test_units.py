@@ -73,6 +73,13 @@ def test_transient_failures_are_retried_and_bugs_are_not() -> None:
     assert not is_transient(unique)
     assert not is_transient(sa_exc.DataError("INSERT", {}, psycopg.errors.NumericValueOutOfRange("big")))
     assert not is_transient(KeyError("bug in a projection"))
+    # The same, raised by the psycopg connection itself (the store's BEGIN/lock and progress/COMMIT).
+    assert is_transient(psycopg.errors.DeadlockDetected("deadlock"))
+    assert is_transient(psycopg.errors.AdminShutdown("terminating connection"))
+    assert is_transient(psycopg.errors.UndefinedTable("no table"))
+    assert not is_transient(psycopg.errors.UniqueViolation("dup"))
+    assert not is_transient(psycopg.errors.CheckViolation("status"))
+    assert not is_transient(psycopg.errors.NumericValueOutOfRange("big"))
 
 
 def test_prepare_turns_bad_input_into_rejections_in_place() -> None:
