@@ -52,17 +52,17 @@ def is_transient(exc: BaseException) -> bool:
     A missing table means the schema has not been migrated yet: retrying (loudly) lets a worker started
     before `esflow db migrate` catch up by itself. Constraint and data errors are bugs: not transient.
     """
-    if isinstance(exc, sa_exc.IntegrityError | sa_exc.DataError):
-        return False
-    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
+    if isinstance(exc, sa_exc.TimeoutError):  # the pool had no connection to give
         return True
     if isinstance(exc, sa_exc.DBAPIError):
         if exc.connection_invalidated:
             return True
-        return type(exc.orig).__name__ in {"UndefinedTable", "AdminShutdown", "CannotConnectNow"}
+        if not isinstance(exc.orig, psycopg.Error):
+            return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
+        # Judged by the driver's error, like the ones the store and the upserts get from psycopg directly.
+        exc = exc.orig
     if isinstance(exc, psycopg.Error):
-        # Raised by the statements the store and the upserts send on the psycopg connection itself:
-        # the same classes as above (deadlocks and serialization failures are OperationalErrors).
+        # Deadlocks, serialization failures, shutdowns and refused connections are OperationalErrors.
         if isinstance(exc, psycopg.IntegrityError | psycopg.DataError):
             return False
         transient = psycopg.OperationalError | psycopg.InterfaceError | psycopg.errors.UndefinedTable

@@ -59,6 +59,13 @@ def copy_rows(
             copy.write_row(row)
 
 
+def _chosen(method: UpsertMethod, rows: Sequence[object]) -> UpsertMethod:
+    """``copy`` or ``unnest``: what ``auto`` means for this many rows."""
+    if method == "auto":
+        return "unnest" if len(rows) <= UNNEST_MAX_ROWS else "copy"
+    return method
+
+
 def insert_rows(
     conn: sa.Connection,
     table: sa.Table,
@@ -74,7 +81,7 @@ def insert_rows(
     """
     if not rows:
         return
-    if method == "copy" or (method == "auto" and len(rows) > UNNEST_MAX_ROWS):
+    if _chosen(method, rows) == "copy":
         copy_rows(conn, table, columns, rows)
         return
     stmt = _unnest_statement(table, tuple(columns), (), None, None)
@@ -113,8 +120,7 @@ def upsert(
     """
     if not rows:
         return
-    if method == "auto":
-        method = "unnest" if len(rows) <= UNNEST_MAX_ROWS else "copy"
+    method = _chosen(method, rows)
     raw = driver_connection(conn)
     with raw.cursor() as cur:
         if method == "copy":

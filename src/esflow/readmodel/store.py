@@ -78,6 +78,11 @@ class BatchResult:
     """The checkpoints the batch committed."""
 
 
+def _partition_arrays(tps: Sequence[TP]) -> tuple[sql.Literal, sql.Literal]:
+    """The topics and the partitions of ``tps`` as two array literals, in the same order."""
+    return sql.Literal([t for t, _ in tps]), sql.Literal([p for _, p in tps])
+
+
 @contextmanager
 def _rolled_back_on_error(conn: sa.Connection) -> Iterator[None]:
     """Roll back the store's own transaction when the batch fails (psycopg does nothing when idle)."""
@@ -134,10 +139,7 @@ class ProjectionStore:
                     "SELECT {}, t, p, -1 FROM unnest({}::text[], {}::int[]) AS u(t, p) "
                     "ON CONFLICT DO NOTHING; {}"
                 ).format(
-                    sql.Literal(projection),
-                    sql.Literal([t for t, _ in tps]),
-                    sql.Literal([p for _, p in tps]),
-                    self._lock_statement(projection, tps),
+                    sql.Literal(projection), *_partition_arrays(tps), self._lock_statement(projection, tps)
                 ),
                 prepare=False,
             )
@@ -151,7 +153,7 @@ class ProjectionStore:
             "WHERE projection = {} AND (topic, partition) IN "
             "(SELECT * FROM unnest({}::text[], {}::int[])) "
             "ORDER BY topic, partition FOR UPDATE"
-        ).format(sql.Literal(projection), sql.Literal([t for t, _ in tps]), sql.Literal([p for _, p in tps]))
+        ).format(sql.Literal(projection), *_partition_arrays(tps))
 
     def apply(
         self,
@@ -263,6 +265,7 @@ class ProjectionStore:
         # One statement (a data-modifying CTE) for the checkpoints, the status rows and the
         # notification, sent with the COMMIT. The volatile pg_notify keeps its CTE from being inlined
         # (evaluated once; repeats would be merged into one notification anyway).
+        topics, parts = _partition_arrays(tps)
         return sql.SQL(
             "WITH u AS (SELECT * FROM unnest({topics}::text[], {parts}::int[], {offs}::bigint[], "
             "{times}::timestamptz[], {lags}::bigint[], {counts}::bigint[]) AS u(t, p, o, at, lag, n)), "
@@ -280,8 +283,8 @@ class ProjectionStore:
         ).format(
             projection=sql.Literal(projection),
             channel=sql.Literal(CHECKPOINT_CHANNEL),
-            topics=sql.Literal([t for t, _ in tps]),
-            parts=sql.Literal([p for _, p in tps]),
+            topics=topics,
+            parts=parts,
             offs=sql.Literal([last[tp] for tp in tps]),
             times=sql.Literal([event_time.get(tp) for tp in tps]),
             lags=sql.Literal([lag.get(tp) for tp in tps]),
