@@ -207,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  bulk replay: {int(match[2]):>10,} projection-events/s ({int(match[1]):,})")
     finally:
         admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
-        for fut in admin.delete_topics(list(per_topic)).values():
+        # The process state topics too: produce() made them (empty) for process_instances to read.
+        made = [*per_topic, *(process_state_topic(p, topics) for p in PROCESSES)]
+        for fut in admin.delete_topics(made).values():
             try:
                 fut.result(30)
             except Exception as exc:  # leftover topics only cost disk on a bench stack
