@@ -20,7 +20,11 @@ projection) as children:
    after the sustained phase and each latency phase, the CPU each part used meanwhile (% of one core:
    processor, projector, broker, Postgres, this process with the load generator) and the whole box's,
    so a missed latency shows whether the box was saturated and who took it;
-4. **floor**: Kafka's own end-to-end latency in the same run (``org.apache.kafka.tools.EndToEndLatency``
+4. **box speed**: before and after, how long a fixed single-threaded Python workload takes here (JSON
+   and SHA-256 of a small order, best of three). Machines of the same size differ widely (Faust's no-op
+   ceiling in ``ops.bench.projections``: 9.2k events/s on one 2-core box, 4.8k on another) and one
+   machine drifts between runs, so only figures printed beside similar box speeds compare;
+5. **floor**: Kafka's own end-to-end latency in the same run (``org.apache.kafka.tools.EndToEndLatency``
    from the kafka-tools jar the stack caches: one record produced with acks=all, then consumed, at a
    time; not transactional, the tool has no such mode), on a topic of its own.
 
@@ -30,6 +34,9 @@ Nothing here asserts a time: run it, read it.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import math
 import os
 import re
 import signal
@@ -66,6 +73,23 @@ def _percentiles(values: list[float]) -> str:
     if not ordered:
         return "no samples"
     return f"p50 {loadgen.percentile(ordered, 50):,.0f} ms, p99 {loadgen.percentile(ordered, 99):,.0f} ms"
+
+
+def box_speed_ms(rounds: int = 3) -> float:
+    """Milliseconds the fastest of ``rounds`` runs of a fixed single-threaded Python workload takes."""
+    order = {
+        "order_id": "2b8f9a34-8d0c-4c1e-9d2f-6a7b8c9d0e1f",
+        "lines": [{"sku": f"sku-{i}", "quantity": i % 7 + 1, "unit_price": "12.50"} for i in range(40)],
+    }
+    best = math.inf
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(2000):
+            data = json.dumps(order).encode()
+            hashlib.sha256(data).digest()
+            json.loads(data)
+        best = min(best, time.perf_counter() - t0)
+    return best * 1000
 
 
 def _box_busy_s() -> tuple[float, float]:
@@ -273,6 +297,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{settings.topics.partitions} partitions, {os.cpu_count()} CPUs, broker "
             f"{settings.kafka.bootstrap_servers}"
         )
+        print(
+            f"box speed: a fixed Python workload takes {box_speed_ms():.0f} ms (best of 3; lower is faster)"
+        )
         pipeline = Pipeline(settings, Path(tmp))
         try:
             pipeline.start("processor", "run")
@@ -324,6 +351,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(load_cpu)
         finally:
             pipeline.stop()
+        print(f"box speed at the end: {box_speed_ms():.0f} ms")
         print(f"floor, Kafka EndToEndLatency ({args.floor_records:,} records, acks=all, 200 B): "
               f"{kafka_floor(settings, args.floor_records)}")  # fmt: skip
 
