@@ -23,7 +23,8 @@ projection) as children:
 4. **box speed**: before and after, how long a fixed single-threaded Python workload takes here (JSON
    and SHA-256 of a small order, best of three). Machines of the same size differ widely (Faust's no-op
    ceiling in ``ops.bench.projections``: 9.2k events/s on one 2-core box, 4.8k on another) and one
-   machine drifts between runs, so only figures printed beside similar box speeds compare;
+   machine drifts between runs, so only figures printed beside similar box speeds compare. Beside it,
+   how long the broker has been up: one started minutes ago still compiles its hot paths under load;
 5. **floor**: Kafka's own end-to-end latency in the same run (``org.apache.kafka.tools.EndToEndLatency``
    from the kafka-tools jar the stack caches: one record produced with acks=all, then consumed, at a
    time; not transactional, the tool has no such mode), on a topic of its own.
@@ -60,7 +61,7 @@ from esflow.readmodel import versions
 from esflow.readmodel.store import create_engine
 from esflow.settings import Settings, StackSettings
 from ops.stack.manager import Stack
-from ops.stack.proc import own_cpu, tree_cpu_seconds
+from ops.stack.proc import own_cpu, tree_cpu_seconds, uptime_seconds
 from producers import loadgen
 from producers.workload import Planned
 from projections.registry import PROJECTIONS, get
@@ -90,6 +91,26 @@ def box_speed_ms(rounds: int = 3) -> float:
             json.loads(data)
         best = min(best, time.perf_counter() - t0)
     return best * 1000
+
+
+WARM_AFTER_S = 300
+"""A broker younger than this may still be compiling its hot paths (the JVM's JIT) under load."""
+
+
+def broker_uptime_line() -> str:
+    """How long the stack's broker has been up, with a warning when its JIT may still be warming up."""
+    status = Stack(StackSettings()).status()
+    ups = [up for node in status.kafka_nodes if node.pid and (up := uptime_seconds(node.pid)) is not None]
+    if not ups:
+        return "broker uptime: unknown (no broker of the local stack found)"
+    youngest = min(ups)
+    warning = (
+        f" (under {WARM_AFTER_S} s: its JIT may still be compiling under the first load, and the first "
+        "phases measure that; on 2 cores its C2 compiler took half a core through a demo's first 20 s)"
+        if youngest < WARM_AFTER_S
+        else ""
+    )
+    return f"broker up {youngest:,.0f} s{warning}"
 
 
 def _box_busy_s() -> tuple[float, float]:
@@ -300,6 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"box speed: a fixed Python workload takes {box_speed_ms():.0f} ms (best of 3; lower is faster)"
         )
+        print(broker_uptime_line())
         pipeline = Pipeline(settings, Path(tmp))
         try:
             pipeline.start("processor", "run")

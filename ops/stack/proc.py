@@ -100,6 +100,16 @@ def cpu_seconds(pid: int) -> float:
     return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / TICK
 
 
+def uptime_seconds(pid: int) -> float | None:
+    """Seconds since the process started (None when it is gone)."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    since_boot = float(Path("/proc/uptime").read_text().split()[0])
+    # starttime, field 22 of stat: clock ticks after boot.
+    return since_boot - int(fields[19]) / TICK
+
+
 def own_cpu() -> float:
     """User + system CPU seconds of this process, all its threads."""
     usage = resource.getrusage(resource.RUSAGE_SELF)

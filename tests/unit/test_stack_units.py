@@ -54,6 +54,21 @@ def test_terminate_stops_a_process() -> None:
     assert child.wait(timeout=5) != 0
 
 
+def test_uptime_counts_from_the_process_start() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        child_up = proc.uptime_seconds(child.pid)
+        own_up = proc.uptime_seconds(os.getpid())
+        assert child_up is not None and own_up is not None
+        # Just started, and younger than this test process, which started it.
+        assert 0 <= child_up < 10
+        assert own_up >= child_up
+    finally:
+        child.kill()
+        child.wait()
+    assert proc.uptime_seconds(child.pid) is None
+
+
 def test_port_probe() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
