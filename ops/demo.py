@@ -85,6 +85,19 @@ def _wait_for_projections(settings: Settings, token: ConsistencyToken, timeout_s
     return waited
 
 
+def _send(settings: Settings, plans: list[Planned], rate: float) -> tuple[lg.LoadReport, ConsistencyToken]:
+    """Send ``plans`` at ``rate``; the report and the positions of every accepted command's events."""
+    accepted: list[CommandResult] = []
+    report = lg.run(
+        settings, plans, rate=rate, result_timeout_s=180, projection="event_log",
+        on_result=lambda r, _t: accepted.append(r) if r.status == "accepted" else None,
+    )  # fmt: skip
+    token = ConsistencyToken(())
+    for r in accepted:
+        token = token.merge(ConsistencyToken.from_result(r))
+    return report, token
+
+
 def _warm_up(settings: Settings, count: int, rate: float, reject_share: float, seed: int) -> None:
     """Send ``count`` commands at ``rate``, print their latencies, wait until every projection applied them.
 
@@ -92,11 +105,7 @@ def _warm_up(settings: Settings, count: int, rate: float, reject_share: float, s
     """
     click.echo(f"4/5 warm-up: {count} commands at {rate:,.0f}/s, measured apart from the load below")
     plans = lg.generate(count, reject_share=reject_share, seed=seed)
-    accepted: list[CommandResult] = []
-    report = lg.run(
-        settings, plans, rate=rate, result_timeout_s=180, projection="event_log",
-        on_result=lambda r, _t: accepted.append(r) if r.status == "accepted" else None,
-    )  # fmt: skip
+    report, token = _send(settings, plans, rate)
     for line in report.lines():
         if "latency" in line or "unexpected" in line:
             click.echo("    warm-up " + line)
@@ -104,9 +113,6 @@ def _warm_up(settings: Settings, count: int, rate: float, reject_share: float, s
         raise EsflowError(
             f"{len(report.unexpected)} warm-up commands had an unexpected outcome: {report.unexpected[0]}"
         )
-    token = ConsistencyToken(())
-    for r in accepted:
-        token = token.merge(ConsistencyToken.from_result(r))
     _wait_for_projections(settings, token, 180)
     click.echo("    warm-up " + _this_run(plans, report).replace("this run ", "", 1))
 
@@ -224,16 +230,9 @@ def demo(count: int, rate: float, reject_share: float, warmup_s: float, keep_run
                 f"4/5 load: {count} commands at {rate:,.0f}/s ({reject_share:.0%} meant to be rejected)"
             )
             plans = lg.generate(count, reject_share=reject_share, seed=seed)
-            accepted: list[CommandResult] = []
-            report = lg.run(
-                settings, plans, rate=rate, result_timeout_s=180, projection="event_log",
-                on_result=lambda r, _t: accepted.append(r) if r.status == "accepted" else None,
-            )  # fmt: skip
+            report, token = _send(settings, plans, rate)
             for line in report.lines():
                 click.echo("    " + line)
-            token = ConsistencyToken(())
-            for r in accepted:
-                token = token.merge(ConsistencyToken.from_result(r))
             waited = _wait_for_projections(settings, token, 180)
             click.echo(f"    all {len(waited)} projections caught up")
             click.echo("    " + _this_run(plans, report))
