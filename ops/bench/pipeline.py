@@ -367,7 +367,9 @@ def main(argv: list[str] | None = None) -> None:
                 print(
                     f"at {label}: "
                     f"command->result {_percentiles(report.result_latency_ms)}; "
-                    f"command->visible in {args.projection} {_percentiles(report.projection_latency_ms)}"
+                    f"command->visible in {args.projection} {_percentiles(report.projection_latency_ms)} "
+                    f"({len(report.projection_latency_ms):,} commands; the other "
+                    f"{report.projection_unread:,} accepted wrote nothing it reads)"
                     + (f"; {len(report.unexpected)} unexpected outcomes" if report.unexpected else "")
                 )
                 print(load_cpu)

@@ -65,3 +65,22 @@ def test_results_settle_when_every_position_is_reached_and_not_before() -> None:
         assert len(tracker.latencies_ms) == 4
     finally:
         tracker.close()
+
+
+def test_a_result_with_no_event_the_projection_reads_is_counted_apart_not_as_a_latency() -> None:
+    fake = FakeWaiter()
+    tracker = ProjectionTracker(Settings(), "orders", fallback_s=0.2, waiter=fake)  # type: ignore[arg-type]
+    try:
+        t0 = time.monotonic()
+        tracker.follow([("other.topic", 0, 99)], t0)  # e.g. a deposit, followed into orders
+        tracker.follow([("other.topic", 1, 5), ("ev.order", 0, 3)], t0)
+        # Nothing the projection reads is pending for the first: it settles at the next check, unmeasured.
+        eventually(lambda: tracker.pending == 1, timeout=10, what="the unread result settled")
+        assert tracker.unread == 1
+        assert tracker.latencies_ms == []
+        fake.commit(ev_order_0=3)
+        assert tracker.drain(10) == 0
+        assert tracker.unread == 1
+        assert len(tracker.latencies_ms) == 1
+    finally:
+        tracker.close()
