@@ -167,7 +167,10 @@ def _unnest_statement(
     for c in columns:
         sql_type = _sql_type(table, c)
         # psycopg cannot infer an array type from dicts/str for jsonb: ship text, cast per element.
-        arrays.append(sql.SQL("%s::{}[]").format(sql.SQL("text" if sql_type == "JSONB" else sql_type)))
+        # %b: binary parameters. psycopg dumps a list as text by escaping every element with a regular
+        # expression, in Python: 1.9 ms for the 25 columns of 25 orders rows, against 0.35 ms binary,
+        # and a fifth of a projector host's CPU at 450 commands/s.
+        arrays.append(sql.SQL("%b::{}[]").format(sql.SQL("text" if sql_type == "JSONB" else sql_type)))
     selects = [
         sql.SQL("u.{}::jsonb" if _sql_type(table, c) == "JSONB" else "u.{}").format(sql.Identifier(c))
         for c in columns
