@@ -106,7 +106,7 @@ class ProjectionTracker:
     deposit, when the projection is ``orders``) has nothing to become visible; it used to be settled
     at the tracker's next wake-up and counted, which made the figure the time to the projection's next
     commit (or the 0.25 s fallback, on an idle pipeline) rather than a latency. Such results are
-    counted in :attr:`unread` instead.
+    counted in ``unread`` instead.
     """
 
     def __init__(
