@@ -277,29 +277,36 @@ def test_two_workers_on_one_partition_never_apply_an_event_twice(engine: sa.Engi
     assert _count(engine, "SELECT count(*) FROM event_log") == 400
 
 
+@contextmanager
+def _store_in_schema(
+    pg_settings: PostgresSettings, schema: str, method: UpsertMethod
+) -> Iterator[ProjectionStore]:
+    """A store writing by ``method`` into a fresh schema holding every read model, dropped afterwards."""
+    engine = create_engine(pg_settings, schema)
+    try:
+        with engine.begin() as conn:
+            create_schema(conn, schema, registry.newest_ddl())
+        yield ProjectionStore(engine, method=method)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()
+
+
 def test_upsert_methods_give_the_same_rows(pg_settings: PostgresSettings, pg_schema: str) -> None:
     raws = _raws(500, partitions=2, seed=21)
     tables = {}
     methods: tuple[UpsertMethod, ...] = ("copy", "unnest")
     for method in methods:
-        schema = f"{pg_schema}_{method}"
-        engine = create_engine(pg_settings, schema)
-        try:
-            with engine.begin() as conn:
-                create_schema(conn, schema, registry.newest_ddl())
-            store = ProjectionStore(engine, method=method)
+        with _store_in_schema(pg_settings, f"{pg_schema}_{method}", method) as store:
             BatchApplier(store, OrdersProjection(), EnvelopeDecoder(CODEC), ProjectionSettings()).process(
                 raws[:250]
             )
             BatchApplier(store, OrdersProjection(), EnvelopeDecoder(CODEC), ProjectionSettings()).process(
                 raws
             )
-            with engine.connect() as conn:
+            with store.engine.connect() as conn:
                 tables[method] = sorted(tuple(r) for r in conn.execute(sa.text("SELECT * FROM orders")).all())
-        finally:
-            with engine.begin() as conn:
-                conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-            engine.dispose()
     assert tables["copy"] and tables["copy"] == tables["unnest"]
 
 
@@ -322,19 +329,15 @@ def test_every_projection_writes_the_same_rows_by_copy_and_by_unnest(
         offsets[topic] += 1
     dumps: dict[str, dict[str, list[tuple[Any, ...]]]] = {}
     projection = registry.get(name)
-    for method in ("copy", "unnest"):
-        schema = f"{pg_schema}_{method}"
-        engine = create_engine(pg_settings, schema)
-        try:
-            with engine.begin() as conn:
-                create_schema(conn, schema, registry.newest_ddl())
-            store = ProjectionStore(engine, method=method)
+    methods: tuple[UpsertMethod, ...] = ("copy", "unnest")
+    for method in methods:
+        with _store_in_schema(pg_settings, f"{pg_schema}_{method}", method) as store:
             applier = BatchApplier(store, projection, EnvelopeDecoder(CODEC), ProjectionSettings())
             mine = [raw for type_name, raw in raws if projection.knows(type_name)]
             for start in range(0, len(mine), 150):  # under UNNEST_MAX_ROWS: unnest really is used
                 applier.process(mine[start : start + 150])
             assert not applier.halted
-            with engine.connect() as conn:
+            with store.engine.connect() as conn:
                 # event_log's recorded_at is when the row was written (now()): not a projected value.
                 dumps[method] = {
                     t.name: sorted(
@@ -343,9 +346,5 @@ def test_every_projection_writes_the_same_rows_by_copy_and_by_unnest(
                     )
                     for t in projection.read_model.tables
                 }
-        finally:
-            with engine.begin() as conn:
-                conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-            engine.dispose()
     assert any(dumps["copy"].values()), f"{name} wrote no rows: the test would prove nothing"
     assert dumps["copy"] == dumps["unnest"]
