@@ -55,15 +55,12 @@ from esflow import gctune
 from esflow.errors import ProcessorError, ProcessorFenced
 from esflow.messaging.kafka import consumer_config, transactional_producer_config
 from esflow.settings import KafkaSettings, ProcessorSettings, Settings
+from processors.kafka_errors import offset_fetch_retriable, producer_fenced, send_offsets
 from processors.metrics import Metrics
 
 RENEWALS_MAX = 3
 """Producer replacements after fatal errors allowed within RENEWALS_WINDOW_S before the instance stops."""
 RENEWALS_WINDOW_S = 600.0
-SEND_OFFSETS_TIMEOUT_S = 30.0
-"""The timeout handed to ``send_offsets_to_transaction``."""
-SEND_OFFSETS_GRACE_S = 15.0
-"""How long past that timeout the call may still block before the producer is replaced."""
 
 
 class Outgoing(NamedTuple):
@@ -370,7 +367,7 @@ class TransactionalLoop:
                     self._produce(producer, record)
             if offsets:
                 positions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-                self._send_offsets(producer, positions, consumer.consumer_group_metadata())
+                send_offsets(producer, positions, consumer.consumer_group_metadata())
             self._commit(producer)
         except KafkaException as exc:
             self.step.aborted()
@@ -401,40 +398,6 @@ class TransactionalLoop:
                 return
             except BufferError:
                 producer.poll(0.05)  # the local queue is full: let deliveries drain it
-
-    @staticmethod
-    def _send_offsets(producer: Producer, offsets: list[TopicPartition], group: Any) -> None:
-        """``send_offsets_to_transaction``, given up on (as a fatal error) if it outlives its own timeout.
-
-        librdkafka 2.16 can block here for good: the TxnOffsetCommit goes through its coordinator-request
-        state machine (rdkafka_coord.c), which sets a timeout it never checks and, when the cached group
-        coordinator's node was killed, waits for a broker state change that does not come (cf. the open
-        confluentinc/librdkafka#3847). On a 3-node cluster that was the processor answering nothing after
-        a broker kill. The call therefore runs in a thread; if it is still blocked, the producer is left to
-        that thread (destroying it mid-call is unsafe) and the fatal error makes :meth:`_abort` replace it.
-        """
-        failure: list[KafkaException] = []
-
-        def call() -> None:
-            try:
-                producer.send_offsets_to_transaction(offsets, group, SEND_OFFSETS_TIMEOUT_S)
-            except KafkaException as exc:
-                failure.append(exc)
-
-        worker = threading.Thread(target=call, name="esflow-send-offsets", daemon=True)
-        worker.start()
-        worker.join(SEND_OFFSETS_TIMEOUT_S + SEND_OFFSETS_GRACE_S)
-        if worker.is_alive():
-            raise KafkaException(
-                KafkaError(
-                    KafkaError._TIMED_OUT,
-                    f"send_offsets_to_transaction still blocked after "
-                    f"{SEND_OFFSETS_TIMEOUT_S + SEND_OFFSETS_GRACE_S:.0f} s",
-                    fatal=True,
-                )
-            )
-        if failure:
-            raise failure[0]
 
     def _commit(self, producer: Producer) -> None:
         # A retriable failure (a timeout) leaves the outcome unknown: aborting then could undo a commit
@@ -485,12 +448,12 @@ class TransactionalLoop:
 
         Fatal is not always another instance: after a transaction coordinator fails over, the new one may
         answer the abort of a transaction it never saw with INVALID_TXN_STATE, and a coordinator that
-        aborted a transaction on timeout bumps the epoch, so the abort is answered as fenced (_FENCED).
-        Both were seen on a 3-node cluster under broker kills. A new producer's init_transactions settles
-        whatever is open; the consumer is then rewound like after any abort. Exactly-once does not rest on
-        this choice (epochs and group generations still fence a zombie); only liveness does. An instance
-        that really shares its transactional id with another would be fenced again and again: after
-        RENEWALS_MAX renewals within RENEWALS_WINDOW_S it stops.
+        aborted a transaction on timeout bumps the epoch, so the abort is answered as fenced
+        (``producer_fenced``). Both were seen on a 3-node cluster under broker kills. A new producer's
+        init_transactions settles whatever is open; the consumer is then rewound like after any abort.
+        Exactly-once does not rest on this choice (epochs and group generations still fence a zombie);
+        only liveness does. An instance that really shares its transactional id with another would be
+        fenced again and again: after RENEWALS_MAX renewals within RENEWALS_WINDOW_S it stops.
         """
         now = time.monotonic()
         self._renewals = [t for t in self._renewals if now - t < RENEWALS_WINDOW_S] + [now]
@@ -635,36 +598,5 @@ def _delivery(
     return done
 
 
-# Fatal producer errors that say another producer with our transactional.id took over (or, as seen after a
-# coordinator aborted our timed-out transaction, that the epoch was bumped without one).
-_FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
-
-
 def _where(message: Message) -> tuple[str | None, int | None, int | None]:
     return message.topic(), message.partition(), message.offset()
-
-
-def producer_fenced(err: KafkaError) -> bool:
-    """True if a fatal producer error means another instance took over (see _FENCED)."""
-    return err.code() in _FENCED
-
-
-# Errors of an offset fetch that the next attempt can get past: the group coordinator moved or is loading
-# the group, the request timed out, or a transaction still holds the offsets (KIP-447).
-_OFFSET_FETCH_RETRIABLE = frozenset(
-    {
-        KafkaError.NOT_COORDINATOR,
-        KafkaError.COORDINATOR_NOT_AVAILABLE,
-        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-        KafkaError.UNSTABLE_OFFSET_COMMIT,
-        KafkaError.REQUEST_TIMED_OUT,
-        KafkaError._WAIT_COORD,
-        KafkaError._TRANSPORT,
-        KafkaError._TIMED_OUT,
-    }
-)
-
-
-def offset_fetch_retriable(err: KafkaError) -> bool:
-    """True if reading committed offsets failed with ``err`` only for now (see _OFFSET_FETCH_RETRIABLE)."""
-    return err.code() in _OFFSET_FETCH_RETRIABLE or err.retriable()

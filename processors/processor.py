@@ -16,13 +16,8 @@ from confluent_kafka import KafkaException
 from esflow.errors import ConfigError, ProcessorError
 from esflow.messaging.codec import Codec
 from esflow.settings import KafkaSettings, ProcessorSettings, Settings, TopicSettings
-from processors.loop import (
-    RENEWALS_MAX,
-    LoopOptions,
-    TransactionalLoop,
-    offset_fetch_retriable,
-    producer_fenced,
-)
+from processors.kafka_errors import offset_fetch_retriable, producer_fenced
+from processors.loop import RENEWALS_MAX, LoopOptions, TransactionalLoop
 from processors.metrics import Metrics
 from processors.restore import restore_partition
 from processors.state import PartitionCache

@@ -19,8 +19,9 @@ from confluent_kafka import KafkaError, KafkaException
 from esflow.errors import ProcessorError, ProcessorFenced
 from esflow.messaging.codec import Codec
 from esflow.settings import KafkaSettings, ProcessorSettings, TopicSettings
-from processors import loop
-from processors.loop import RENEWALS_MAX, TransactionalLoop, offset_fetch_retriable, producer_fenced
+from processors import kafka_errors
+from processors.kafka_errors import offset_fetch_retriable, producer_fenced, send_offsets
+from processors.loop import RENEWALS_MAX
 from processors.processor import Processor
 
 
@@ -74,13 +75,13 @@ class _BlockedProducer:
 def test_a_blocked_send_offsets_becomes_a_fatal_error(monkeypatch: pytest.MonkeyPatch) -> None:
     # librdkafka 2.16 can block in send_offsets_to_transaction past its timeout for good (the group
     # coordinator's node was killed): the loop must get an error it acts on instead of hanging.
-    monkeypatch.setattr(loop, "SEND_OFFSETS_TIMEOUT_S", 0.2)
-    monkeypatch.setattr(loop, "SEND_OFFSETS_GRACE_S", 0.3)
+    monkeypatch.setattr(kafka_errors, "SEND_OFFSETS_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(kafka_errors, "SEND_OFFSETS_GRACE_S", 0.3)
     blocked = _BlockedProducer()
     started = time.monotonic()
     try:
         with pytest.raises(KafkaException) as caught:
-            TransactionalLoop._send_offsets(blocked, [], None)  # type: ignore[arg-type]
+            send_offsets(blocked, [], None)  # type: ignore[arg-type]
     finally:
         blocked.release.set()
     err = caught.value.args[0]
